@@ -1,0 +1,48 @@
+"""fashion_cnn: configurable CNN experiments on Fashion-MNIST with PyTorch Lightning and MLflow.
+
+``FashionCNNNet`` and ``ConvBlock`` are plain ``nn.Module``s; importing them does not import
+Lightning. The Lightning parts (``FashionCNN``, ``FashionMNISTDataModule``) load on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from fashion_cnn.network import ConvBlock, FashionCNNNet, count_parameters
+
+try:
+    __version__ = version("fashion-cnn")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+# name -> module that defines it; resolved lazily so the plain network needs no Lightning import.
+_LAZY = {
+    "FashionCNN": "fashion_cnn.system",
+    "FashionMNISTDataModule": "fashion_cnn.data",
+    "DataError": "fashion_cnn.data",
+    "CLASS_NAMES": "fashion_cnn.data",
+}
+
+if TYPE_CHECKING:
+    from fashion_cnn.data import CLASS_NAMES, DataError, FashionMNISTDataModule
+    from fashion_cnn.system import FashionCNN
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fashion_cnn' has no attribute {name!r}")
+
+
+__all__ = [
+    "CLASS_NAMES",
+    "ConvBlock",
+    "DataError",
+    "FashionCNN",
+    "FashionCNNNet",
+    "FashionMNISTDataModule",
+    "__version__",
+    "count_parameters",
+]

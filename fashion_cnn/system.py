@@ -1,0 +1,255 @@
+"""The training system: loss, metrics, optimisation and logging around :class:`FashionCNNNet`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
+
+import lightning as L
+import torch
+from torch.nn import functional as F
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from fashion_cnn.network import FashionCNNNet, NormName, count_parameters
+
+log = logging.getLogger(__name__)
+
+OptimizerName = Literal["adam", "adamw", "sgd"]
+SchedulerName = Literal["plateau", "onecycle", "cosine", "none"]
+
+
+class FashionCNN(L.LightningModule):
+    """LightningModule that trains the journal's CNN on Fashion-MNIST.
+
+    Architecture arguments go straight to :class:`~fashion_cnn.network.FashionCNNNet`; the rest
+    choose the loss, optimiser and learning-rate schedule. Optimiser and scheduler are plain names
+    (not objects) so that every run records them as hyperparameters and
+    ``FashionCNN.load_from_checkpoint(path)`` needs nothing but the file.
+
+    Args:
+        layers: Number of convolutional blocks.
+        filters: Channels of every block (constant width).
+        kernel_size: Odd convolution kernel size.
+        norm: Normalisation in each block: none, batch, instance, layer or group.
+        dropout: Dropout2d probability in each block, in [0, 1).
+        norm_groups: Groups for norm=group; must divide filters.
+        pool_every: A 2x2 max-pool closes every pool_every-th block (0: never).
+        pool_after: Explicit 1-based block indices to pool after; overrides pool_every.
+        hidden: Width of the head's hidden linear layer.
+        num_classes: Number of classes (linked from the datamodule by the CLI).
+        in_channels: Input channels (linked from the datamodule by the CLI).
+        image_size: Input height and width (linked from the datamodule by the CLI).
+        optimizer: adam (the journal's), adamw or sgd (with Nesterov momentum).
+        lr: Learning rate; the peak rate for the onecycle schedule.
+        weight_decay: Weight decay (decoupled for adamw, L2 for adam and sgd).
+        momentum: Momentum for sgd.
+        lr_scheduler: plateau (ReduceLROnPlateau on val/loss, the journal's), onecycle (per step),
+            cosine (per epoch, to zero at max_epochs) or none.
+        plateau_factor: Factor by which plateau multiplies the learning rate.
+        plateau_patience: Epochs without val/loss improvement before plateau reduces the rate.
+        label_smoothing: Label smoothing of the cross-entropy loss, in [0, 1).
+        channels_last: Run the network in channels_last memory format (faster convolutions with
+            BatchNorm on CPUs with AVX-512 and on GPUs; InstanceNorm gains nothing).
+    """
+
+    def __init__(
+        self,
+        layers: int = 4,
+        filters: int = 32,
+        kernel_size: int = 3,
+        norm: NormName = "none",
+        dropout: float = 0.0,
+        norm_groups: int = 8,
+        pool_every: int = 3,
+        pool_after: Sequence[int] | None = None,
+        hidden: int = 128,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        optimizer: OptimizerName = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        lr_scheduler: SchedulerName = "plateau",
+        plateau_factor: float = 0.1,
+        plateau_patience: int = 10,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_training_args(
+            optimizer,
+            lr,
+            weight_decay,
+            momentum,
+            lr_scheduler,
+            plateau_factor,
+            plateau_patience,
+            label_smoothing,
+        )
+        if pool_after is not None:
+            pool_after = list(pool_after)  # a YAML list or tuple; stored as a plain list
+        self.save_hyperparameters()
+        self.net = FashionCNNNet(
+            layers=layers,
+            filters=filters,
+            kernel_size=kernel_size,
+            norm=norm,
+            dropout=dropout,
+            norm_groups=norm_groups,
+            pool_every=pool_every,
+            pool_after=pool_after,
+            hidden=hidden,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=image_size,
+        )
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.num_params = count_parameters(self.net)
+        # One metric object per stage: torchmetrics keeps separate running state for each.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) for images (B, C, H, W)."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        self.train_acc(logits, y)
+        # Per-epoch only, under exactly these keys (on_step would rename them to *_epoch), and no
+        # .item() here: Lightning accumulates on the device, so there is no host sync per step.
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.val_acc(logits, y)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.test_acc(logits, y)
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(y))
+        self.log("test/acc", self.test_acc, on_epoch=True, batch_size=len(y))
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Class probabilities (B, num_classes), predicted class (B,) and the items' indices.
+
+        Accepts ``images`` alone or ``(images, index)`` as the datamodule yields for prediction.
+        """
+        x, index = (batch, None) if isinstance(batch, torch.Tensor) else (batch[0], batch[1])
+        probs = torch.softmax(self(x).float(), dim=1)
+        out = {"probs": probs, "preds": probs.argmax(dim=1)}
+        if index is not None:
+            out["index"] = index
+        return out
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = self.parameters()
+        if hp.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(
+                params,
+                lr=hp.lr,
+                momentum=hp.momentum,
+                nesterov=hp.momentum > 0,
+                weight_decay=hp.weight_decay,
+            )
+        if hp.lr_scheduler == "none":
+            return optimizer
+        if hp.lr_scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=hp.plateau_factor, patience=hp.plateau_patience
+            )
+            # strict=False: a run without validation (limit_val_batches=0) keeps the rate and
+            # warns instead of crashing at the end of the first epoch.
+            config = {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch", "strict": False}
+            return {"optimizer": optimizer, "lr_scheduler": config}
+        if hp.lr_scheduler == "onecycle":
+            # The schedule needs the run's length in optimiser steps, known once the trainer has
+            # the data (max_epochs x batches, or max_steps).
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=hp.lr, total_steps=int(self.trainer.estimated_stepping_batches)
+            )
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_fit_start(self) -> None:
+        self._log_model_size()
+
+    def on_test_start(self) -> None:
+        self._log_model_size()
+
+    def on_train_start(self) -> None:
+        # The sanity-check validation pass must not count as the best epoch.
+        self.val_acc_best.reset()
+
+    def on_train_epoch_start(self) -> None:
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("lr", float(lr), on_step=False, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+
+    def _log_model_size(self) -> None:
+        # The journal reports the parameter count for every experiment, so every run records it
+        # with its hyperparameters.
+        for logger in self.loggers:
+            logger.log_hyperparams({"num_params": self.num_params})
+
+
+def _check_training_args(
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    lr_scheduler: str,
+    plateau_factor: float,
+    plateau_patience: int,
+    label_smoothing: float,
+) -> None:
+    """Fail at construction, naming the argument, for values that would only break mid-run."""
+    if optimizer not in get_args(OptimizerName):
+        raise ValueError(f"optimizer={optimizer!r} is unknown; use one of {get_args(OptimizerName)}")
+    if lr_scheduler not in get_args(SchedulerName):
+        raise ValueError(f"lr_scheduler={lr_scheduler!r} is unknown; use one of {get_args(SchedulerName)}")
+    if not lr > 0:
+        raise ValueError(f"lr={lr!r} must be > 0, e.g. 1e-3")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay={weight_decay!r} must be >= 0")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum={momentum!r} must be in [0, 1), e.g. 0.9")
+    if not 0 < plateau_factor < 1:
+        raise ValueError(f"plateau_factor={plateau_factor!r} must be in (0, 1), e.g. 0.1")
+    if plateau_patience < 0:
+        raise ValueError(f"plateau_patience={plateau_patience!r} must be >= 0")
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 1), e.g. 0.1")
+
+
+__all__ = ["FashionCNN", "OptimizerName", "SchedulerName"]

@@ -1,0 +1,250 @@
+"""The real CLI: every shipped config parses, and short real fits are inspected in a real MLflow store.
+
+Runs go through ``fashion_cnn.cli.main`` in this process (so the synthetic-data fixture applies) with
+a temporary working directory holding the sqlite store; one test runs the installed console script.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from fashion_cnn.cli import main, run_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+# Small and fast on the synthetic data (200 train / 50 test images).
+TINY = [
+    "--model.layers=2",
+    "--model.filters=4",
+    "--model.hidden=16",
+    "--data.val_size=40",
+    "--data.batch_size=32",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_idx_dir) -> Path:
+    """A fresh working directory with synthetic data and the default sqlite store in it."""
+    # The synthetic files sit in FASHION_CNN_DATA_DIR, as if an earlier run had fetched them.
+    shutil.copytree(synthetic_idx_dir.source_dir, os.environ["FASHION_CNN_DATA_DIR"])
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return work
+
+
+def _client(work: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+
+
+def _runs(work: Path) -> list:
+    client = _client(work)
+    experiment = client.get_experiment_by_name("fashion-cnn")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_parses_through_the_cli(config: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["fit", "--config", str(config), "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    wanted = yaml.safe_load(config.read_text())
+    for section in ("model", "data", "trainer"):
+        for key, value in (wanted.get(section) or {}).items():
+            assert printed[section][key] == value, f"{config.name}: {section}.{key}"
+    assert config.read_text().startswith("# "), "each config opens with its header comment"
+
+
+def test_configs_cover_the_journal() -> None:
+    names = {c.stem for c in CONFIGS}
+    expected = {"baseline", "combined", "ultimate", "debug"}
+    expected |= {f"arch_{n}" for n in ("shallow_wide", "baseline", "deep_narrow", "deep_wide", "very_deep")}
+    expected |= {f"dropout_{r}" for r in ("0.1", "0.3", "0.5")}
+    expected |= {f"norm_{n}" for n in ("instance", "batch", "layer", "group", "none")}
+    assert expected <= names
+
+
+def test_fit_records_everything_in_mlflow(workdir: Path) -> None:
+    result = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2"])
+    (run,) = _runs(workdir)
+    assert run.info.run_id == result.run_id
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "debug-seed0"
+    params = run.data.params
+    assert params["layers"] == "2" and params["filters"] == "4" and params["norm"] == "batch"
+    assert params["optimizer"] == "adam" and params["lr_scheduler"] == "plateau"
+    assert params["seed"] == "0" and params["trainer.max_epochs"] == "2"
+    assert params["batch_size"] == "32"
+    from fashion_cnn import FashionCNN
+
+    expected_params = FashionCNN(layers=2, filters=4, hidden=16, norm="batch", dropout=0.1, pool_every=1)
+    assert params["num_params"] == str(expected_params.num_params)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "lr", "test/loss", "test/acc"):
+        assert key in run.data.metrics, key
+    client = _client(workdir)
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2  # one point per epoch
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert "config.yaml" in artifacts
+    logged_config = yaml.safe_load(
+        Path(client.download_artifacts(run.info.run_id, "config.yaml", str(workdir.parent))).read_text()
+    )
+    assert logged_config["model"]["layers"] == 2 and logged_config["seed_everything"] == 0
+    ckpts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert len(ckpts) == 1 and ckpts[0].endswith(".ckpt")
+    best = Path(run.data.tags["best_checkpoint"])
+    assert best.is_file() and best == Path(result.best_checkpoint).resolve()
+    assert best.parent == (workdir / "runs" / "debug-seed0" / run.info.run_id / "checkpoints").resolve()
+    assert torch.load(best, weights_only=True)["mlflow_run_id"] == run.info.run_id
+    assert result.metrics["test/acc"] == run.data.metrics["test/acc"]
+    assert not (workdir / "config.yaml").exists()  # Lightning's SaveConfigCallback file: not written
+
+
+def test_runs_never_share_files(workdir: Path) -> None:
+    a = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--seed_everything=1"])
+    b = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--seed_everything=2"])
+    c = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--seed_everything=2"])
+    assert len({a.run_id, b.run_id, c.run_id}) == 3
+    assert len({Path(r.best_checkpoint).parent for r in (a, b, c)}) == 3
+    assert [r.info.run_name for r in _runs(workdir)] == ["debug-seed1", "debug-seed2", "debug-seed2"]
+
+
+def test_unseeded_run_records_its_seed(workdir: Path) -> None:
+    config = workdir / "noseed.yaml"
+    config.write_text("model:\n  pool_every: 1\ntrainer:\n  max_epochs: 1\n  limit_train_batches: 2\n")
+    result = run_experiment(config, [*TINY, "--test_after_fit=false"])
+    (run,) = _runs(workdir)
+    seed = int(run.data.params["seed"])
+    assert run.info.run_name == f"noseed-seed{seed}" == result.run_name
+
+
+def test_test_and_predict_rebuild_the_model_from_the_checkpoint(workdir: Path) -> None:
+    fit = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--model.filters=6"])
+    # No config: the architecture comes from the checkpoint alone.
+    tested = run_experiment(None, ["--ckpt_path", fit.best_checkpoint, "--data.val_size=40"], subcommand="test")
+    assert tested.run_id != fit.run_id
+    assert 0.0 <= tested.metrics["test/acc"] <= 1.0
+    assert tested.metrics["test/acc"] == pytest.approx(fit.metrics["test/acc"])
+    out = workdir / "pred.csv"
+    code = main(["predict", "--ckpt_path", fit.best_checkpoint, "--data.val_size=40",
+                 "--predictions_file", str(out), "--trainer.enable_progress_bar=false"])
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 50  # the synthetic test set
+    assert rows[0]["item"] == "test/0"
+    assert rows[0]["predicted"] in {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                                    "Shirt", "Sneaker", "Bag", "Ankle boot"}
+    probs = [float(v) for k, v in rows[0].items() if k.startswith("p_")]
+    assert len(probs) == 10 and sum(probs) == pytest.approx(1.0, abs=1e-4)
+    assert float(rows[0]["confidence"]) == pytest.approx(max(probs), abs=1e-6)
+
+
+def test_resume_continues_the_same_run(workdir: Path) -> None:
+    first = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=1",
+                                                             "--test_after_fit=false"])
+    second = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2",
+                                                              "--ckpt_path=last"])
+    assert second.run_id == first.run_id
+    (run,) = _runs(workdir)
+    assert run.info.status == "FINISHED"
+    history = _client(workdir).get_metric_history(run.info.run_id, "val/acc")
+    assert len(history) == 2
+    assert "test/acc" in run.data.metrics
+
+
+def test_resume_without_a_checkpoint_says_what_to_do(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["fit", "--config", str(REPO / "configs" / "debug.yaml"), "--ckpt_path", "last"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no checkpoint matches" in err and "debug-seed0" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--model.dropout=1.5"], ["dropout=1.5", "[0, 1)"]),
+        (["--model.layers=0"], ["layers=0"]),
+        (["--model.filters=-1"], ["filters=-1"]),
+        (["--model.norm=weight"], ["model.norm", "weight"]),
+        (["--model.norm=group", "--model.filters=12", "--model.norm_groups=8"], ["norm_groups=8", "filters=12"]),
+        (["--model.layers=20", "--model.pool_every=1"], ["pool after block"]),
+        (["--model.colour=3"], ["unrecognized", "model.colour"]),
+        (["--model.layers=abc"], ["model.layers", "abc"]),
+        (["--trainer.max_epochs=many"], ["max_epochs"]),
+    ],
+)
+def test_user_errors_are_one_clear_message(
+    workdir: Path, capsys: pytest.CaptureFixture, args: list[str], fragments: list[str]
+) -> None:
+    code = main(["fit", "--config", str(REPO / "configs" / "debug.yaml"), *TINY, *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    assert err.startswith("fashion-cnn: error:")
+    for fragment in fragments:
+        assert fragment in err
+    assert not (workdir / "runs").exists()
+
+
+def test_missing_config_file(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["fit", "--config", "missing.yaml"])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing.yaml" in err and "does not exist" in err
+
+
+@pytest.mark.parametrize("kind", ["text", "other_model", "missing"])
+def test_bad_checkpoints_are_named(workdir: Path, capsys: pytest.CaptureFixture, kind: str) -> None:
+    path = workdir / "bad.ckpt"
+    if kind == "text":
+        path.write_text("not a checkpoint")
+    elif kind == "other_model":
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {"hidden_dim": 3}}, path)
+    code = main(["test", "--ckpt_path", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and str(path.name) in err and "Traceback" not in err
+    if kind == "other_model":
+        assert "another model" in err
+    if kind != "missing":
+        assert path.exists()  # never deleted or rewritten
+
+
+def test_unreachable_tracking_server_fails_fast(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    uri = "http://127.0.0.1:9"  # the discard port: connection refused at once
+    code = main(["fit", "--config", str(REPO / "configs" / "debug.yaml"), *TINY,
+                 f"--trainer.logger.init_args.tracking_uri={uri}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert uri in err and "Traceback" not in err
+
+
+@pytest.mark.realdata
+def test_console_script_on_real_data(tmp_path: Path) -> None:
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    exe = shutil.which("fashion-cnn")
+    command = [exe] if exe else [sys.executable, "-m", "fashion_cnn.cli"]
+    env = {**os.environ, "FASHION_CNN_DATA_DIR": str(tmp_path / "data")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [*command, "fit", "--config", str(REPO / "configs" / "debug.yaml")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("fashion-cnn").experiment_id])
+    assert run.info.status == "FINISHED"
+    # 10 training batches of a 2-layer net already beat chance (10 %) clearly on real data.
+    assert run.data.metrics["test/acc"] > 0.3

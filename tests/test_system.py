@@ -1,0 +1,162 @@
+"""The LightningModule: logged keys, optimisers, prediction output and checkpoint round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from fashion_cnn import FashionCNN
+
+
+def _loader(n: int = 64, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    # Learnable synthetic task: the class decides the brightness of one image row.
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = torch.randn(n, 1, 28, 28, generator=g) * 0.1
+    x[torch.arange(n), 0, y * 2, :] += 3.0
+    return DataLoader(TensorDataset(x, y), batch_size=16)
+
+
+def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    defaults = dict(
+        max_epochs=1,
+        logger=CSVLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+def test_journal_example() -> None:
+    model = FashionCNN(layers=6, filters=64, kernel_size=3, norm="instance", dropout=0.1)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert model.num_params == 588_106
+
+
+def test_default_is_the_journals_recipe() -> None:
+    model = FashionCNN()
+    trainer = _trainer(Path("/tmp"), max_epochs=1)
+    model.trainer = trainer
+    config = model.configure_optimizers()
+    assert isinstance(config["optimizer"], torch.optim.Adam)
+    assert config["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert config["lr_scheduler"]["monitor"] == "val/loss"
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "scheduler", "opt_cls"),
+    [
+        ("adamw", "onecycle", torch.optim.AdamW),
+        ("sgd", "cosine", torch.optim.SGD),
+        ("adam", "none", torch.optim.Adam),
+    ],
+)
+def test_optimizers_and_schedulers_train(
+    tmp_path: Path, optimizer: str, scheduler: str, opt_cls: type
+) -> None:
+    model = FashionCNN(layers=2, filters=4, optimizer=optimizer, lr_scheduler=scheduler, lr=0.01)
+    trainer = _trainer(tmp_path, max_epochs=2)
+    trainer.fit(model, _loader(), _loader(seed=1))
+    assert isinstance(trainer.optimizers[0], opt_cls)
+    assert model.hparams.optimizer == optimizer and model.hparams.lr_scheduler == scheduler
+
+
+def test_logged_keys_and_parameter_count(tmp_path: Path) -> None:
+    model = FashionCNN(layers=2, filters=4, norm="batch")
+    trainer = _trainer(tmp_path, max_epochs=2)
+    trainer.fit(model, _loader(), _loader(seed=1))
+    trainer.test(model, _loader(seed=2))
+    metrics_csv = (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in [
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/acc_best",
+        "test/loss",
+        "test/acc",
+        "lr",
+    ]:
+        assert key in metrics_csv, key
+    assert not any(k.endswith(("_step", "_epoch")) for k in metrics_csv)
+    hparams = (Path(trainer.logger.log_dir) / "hparams.yaml").read_text()
+    assert f"num_params: {model.num_params}" in hparams
+    assert "optimizer: adam" in hparams and "lr_scheduler: plateau" in hparams
+
+
+def test_training_lowers_the_loss(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = FashionCNN(layers=2, filters=8, norm="batch", lr=3e-3)
+    loader = _loader(128)
+    x, y = next(iter(loader))
+    model.eval()
+    before = torch.nn.functional.cross_entropy(model(x), y).item()
+    model.train()
+    _trainer(tmp_path, max_epochs=5).fit(model, loader)
+    model.eval()
+    after = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert after < 0.5 * before
+
+
+def test_predict_step_returns_probabilities() -> None:
+    model = FashionCNN(layers=2, filters=4).eval()
+    out = model.predict_step((torch.randn(5, 1, 28, 28), torch.arange(5)), 0)
+    assert out["probs"].shape == (5, 10)
+    assert torch.allclose(out["probs"].sum(dim=1), torch.ones(5))
+    assert torch.equal(out["preds"], out["probs"].argmax(dim=1))
+    assert torch.equal(out["index"], torch.arange(5))
+    assert model.predict_step(torch.randn(3, 1, 28, 28), 0)["preds"].shape == (3,)
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    model = FashionCNN(
+        layers=3,
+        filters=8,
+        norm="group",
+        norm_groups=4,
+        dropout=0.1,
+        pool_after=[1, 3],
+        optimizer="sgd",
+        lr=0.05,
+    )
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, _loader())
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    restored = FashionCNN.load_from_checkpoint(path)
+    assert restored.hparams == model.hparams
+    x = torch.randn(4, 1, 28, 28)
+    model.eval(), restored.eval()
+    assert torch.equal(model(x), restored(x))
+
+
+def test_channels_last_gives_the_same_logits() -> None:
+    torch.manual_seed(0)
+    a = FashionCNN(layers=2, filters=8, norm="batch").eval()
+    b = FashionCNN(layers=2, filters=8, norm="batch", channels_last=True).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(a(x), b(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"optimizer": "rmsprop"}, "optimizer='rmsprop'"),
+        ({"lr_scheduler": "step"}, "lr_scheduler='step'"),
+        ({"lr": 0.0}, "lr=0.0"),
+        ({"label_smoothing": 1.0}, "label_smoothing=1.0"),
+        ({"dropout": 1.5}, "dropout=1.5"),
+    ],
+)
+def test_invalid_training_settings(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+        FashionCNN(**kwargs)
