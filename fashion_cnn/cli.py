@@ -10,6 +10,7 @@ only turns user errors into one clear line and an exit status.
 from __future__ import annotations
 
 import csv
+import importlib
 import logging
 import os
 import sys
@@ -22,10 +23,11 @@ from typing import Any, NoReturn
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_cnn import __version__
 from fashion_cnn.data import DataError, FashionMNISTDataModule
-from fashion_cnn.system import FashionCNN
+from fashion_cnn.system import FashionCNN, NonFiniteLossError
 from fashion_cnn.tracking import (
     BEST_CHECKPOINT_TAG,
     RUN_ID_KEY,
@@ -130,6 +132,15 @@ class FashionCLI(LightningCLI):
             "data.input_shape", "model.image_size", compute_fn=_height, apply_on="instantiate"
         )
 
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # Checkpoints are loaded without executing code; ours hold only tensors and plain values.
+        if "weights_only" in self._subcommand_method_arguments.get(subcommand, []):
+            parser.set_defaults(weights_only=True)
+        return parser
+
     def _parse_ckpt_path(self) -> None:
         # Lightning unpickles ckpt_path here to read the model's hyperparameters. Check the file
         # first, so a wrong path or a non-checkpoint gets a message that names it.
@@ -150,6 +161,7 @@ class FashionCLI(LightningCLI):
         if self.subcommand != "fit":
             run_name += f"-{self.subcommand}"
         sub.checkpoint.root = sub.output_dir
+        _check_writable(Path(sub.output_dir), "--output_dir")
         logger = sub.trainer.get("logger")
         if isinstance(logger, Mapping) or hasattr(logger, "init_args"):
             init = logger.init_args
@@ -198,6 +210,10 @@ class FashionCLI(LightningCLI):
         pattern = f"{name}-seed{sub.seed_everything}/*/checkpoints/last.ckpt"
         found = sorted(Path(sub.output_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
         if not found:
+            # Interrupted before the first epoch ended: the partial epoch is all there is.
+            partial = pattern.replace("last.ckpt", "interrupted.ckpt")
+            found = sorted(Path(sub.output_dir).glob(partial), key=lambda p: p.stat().st_mtime)
+        if not found:
             raise UserError(
                 f"--ckpt_path last: no checkpoint matches {Path(sub.output_dir) / pattern}. Resume "
                 "with the same config, seed_everything and output_dir as the interrupted run, or "
@@ -221,6 +237,20 @@ class FashionCLI(LightningCLI):
             log.warning("run %s of %s is not in this tracking store; starting a new run", run_id, ckpt_path)
             return None
         return run_id
+
+
+def _check_writable(folder: Path, option: str) -> None:
+    """Fail before training, not after the first epoch, when checkpoints could not be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(
+            f"{option} {folder} cannot be written ({exc.strerror or exc}); pass a folder you can "
+            f"write to, e.g. {option} ./runs"
+        ) from None
 
 
 def _channels(shape: tuple[int, int, int]) -> int:
@@ -286,6 +316,11 @@ def write_predictions(path: Path, predictions: list[dict[str, torch.Tensor]], da
                 )
     os.replace(tmp, path)
 
+
+_RESUME_HINT = (
+    "Resume with the same command plus `--ckpt_path last` (last.ckpt: the last full epoch; "
+    "interrupted.ckpt: the partial epoch)."
+)
 
 # Trainers built by this process, newest last, so that an error can end their MLflow run.
 _ACTIVE: list[Any] = []
@@ -368,7 +403,9 @@ def _describe(exc: BaseException) -> str | None:
     """One line for a user error, or None for a bug (which keeps its traceback)."""
     from mlflow.exceptions import MlflowException
 
-    if isinstance(exc, (UserError, DataError, ValueError, FileNotFoundError, PermissionError)):
+    if isinstance(
+        exc, (UserError, DataError, NonFiniteLossError, ValueError, FileNotFoundError, PermissionError)
+    ):
         return str(exc)
     if isinstance(exc, MlflowException):
         uri = _active_tracking_uri()
@@ -385,19 +422,38 @@ def _describe(exc: BaseException) -> str | None:
     return None
 
 
+# name -> (module, function(argv) -> exit code) for the subcommands beside fit/validate/test/predict.
+_TOOLS: dict[str, tuple[str, str]] = {
+    "study": ("fashion_cnn.study", "study_main"),
+    "export": ("fashion_cnn.export", "export_main"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fashion-cnn`` console script."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Subcommands that are not Trainer methods have their own small parsers.
+    if args and args[0] in _TOOLS:
+        module, function = _TOOLS[args[0]]
+        return int(getattr(importlib.import_module(module), function)(args[1:]))
     try:
-        FashionCLI(args=argv)
-    except KeyboardInterrupt:
+        FashionCLI(args=args)
+    except KeyboardInterrupt:  # before or after Lightning's own handling of Ctrl+C
         _end_open_runs("KILLED")
-        sys.stderr.write("fashion-cnn: interrupted; resume with `fashion-cnn fit ... --ckpt_path last`\n")
+        sys.stderr.write(f"fashion-cnn: interrupted. {_RESUME_HINT}\n")
         return 130
-    except SystemExit as exc:  # argument errors (code 2) and --help (code 0) from the parser
-        _end_open_runs("FAILED" if exc.code else "FINISHED")
-        code = exc.code if isinstance(exc.code, int) else 1
-        return code
+    except SIGTERMException:
+        _end_open_runs("KILLED")
+        sys.stderr.write(f"fashion-cnn: stopped by SIGTERM. {_RESUME_HINT}\n")
+        return 143
+    except SystemExit as exc:  # parser errors (2), --help (0), Lightning's exit after Ctrl+C (1)
+        interrupted = any(getattr(t, "interrupted", False) for t in _ACTIVE)
+        _end_open_runs("KILLED" if interrupted else "FAILED")
+        if interrupted:
+            sys.stderr.write(f"fashion-cnn: interrupted. {_RESUME_HINT}\n")
+            return 130
+        return exc.code if isinstance(exc.code, int) else 1
     except Exception as exc:
         message = _describe(exc)
         _end_open_runs("FAILED")

@@ -16,7 +16,16 @@ from fashion_cnn.network import FashionCNNNet, NormName, count_parameters
 
 log = logging.getLogger(__name__)
 
+# On accelerators the non-finite-loss flag is read every this many steps (a read is a host sync).
+NONFINITE_CHECK_EVERY = 50
+
 OptimizerName = Literal["adam", "adamw", "sgd"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the epoch, step and causes."""
+
+
 SchedulerName = Literal["plateau", "onecycle", "cosine", "none"]
 
 
@@ -114,6 +123,7 @@ class FashionCNN(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
+        self._first_bad_step: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) for images (B, C, H, W)."""
@@ -125,6 +135,7 @@ class FashionCNN(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        self._watch_loss(loss)
         self.train_acc(logits, y)
         # Per-epoch only, under exactly these keys (on_step would rename them to *_epoch), and no
         # .item() here: Lightning accumulates on the device, so there is no host sync per step.
@@ -140,13 +151,16 @@ class FashionCNN(L.LightningModule):
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         self.test_acc(logits, y)
         self.log("test/loss", loss, on_epoch=True, batch_size=len(y))
         self.log("test/acc", self.test_acc, on_epoch=True, batch_size=len(y))
+        # Returned for callbacks (on_test_batch_end) that build evaluation reports; Lightning
+        # does not keep them, so this costs no memory.
+        return {"logits": logits.detach(), "targets": y}
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities (B, num_classes), predicted class (B,) and the items' indices.
@@ -206,6 +220,13 @@ class FashionCNN(L.LightningModule):
         # The sanity-check validation pass must not count as the best epoch.
         self.val_acc_best.reset()
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Reading the flag syncs with the device: every step on the CPU (free), every
+        # NONFINITE_CHECK_EVERY steps on accelerators so the hot loop keeps running ahead.
+        last = batch_idx + 1 == self.trainer.num_training_batches
+        if self.device.type == "cpu" or last or (batch_idx + 1) % NONFINITE_CHECK_EVERY == 0:
+            self._raise_if_loss_was_not_finite()
+
     def on_train_epoch_start(self) -> None:
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log("lr", float(lr), on_step=False, on_epoch=True)
@@ -215,6 +236,29 @@ class FashionCNN(L.LightningModule):
             return
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+
+    def _watch_loss(self, loss: torch.Tensor) -> None:
+        """Remember, on the device and without a sync, the first step whose loss was not finite."""
+        if self._first_bad_step is None or self._first_bad_step.device != loss.device:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach()) & (self._first_bad_step < 0)
+        step = torch.full_like(self._first_bad_step, self.global_step)
+        self._first_bad_step = torch.where(bad, step, self._first_bad_step)
+
+    def _raise_if_loss_was_not_finite(self) -> None:
+        if self._first_bad_step is None:
+            return
+        step = int(self._first_bad_step)
+        if step < 0:
+            return
+        hp = self.hparams
+        raise NonFiniteLossError(
+            f"the training loss became NaN or infinite at epoch {self.current_epoch}, global step "
+            f"{step}. Likely causes: a learning rate too high for this model (lr={hp.lr}, "
+            f"optimizer={hp.optimizer}, norm={hp.norm}), or unnormalised inputs. Try a smaller "
+            "--model.lr, --trainer.gradient_clip_val 1.0, or a norm layer. Training stopped; the "
+            "checkpoints written before this epoch are intact (resume from last.ckpt)."
+        )
 
     def _log_model_size(self) -> None:
         # The journal reports the parameter count for every experiment, so every run records it
@@ -252,4 +296,4 @@ def _check_training_args(
         raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 1), e.g. 0.1")
 
 
-__all__ = ["FashionCNN", "OptimizerName", "SchedulerName"]
+__all__ = ["FashionCNN", "NonFiniteLossError", "OptimizerName", "SchedulerName"]

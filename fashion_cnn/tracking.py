@@ -26,6 +26,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class MLflowLogger(MLFlowLogger):
         uri = resolve_tracking_uri(tracking_uri)
         if uri.startswith(("http://", "https://")):
             _fail_fast_on_http()
+        self.interrupted = False  # set by RunCheckpoint when the fit is interrupted
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,
@@ -122,6 +124,13 @@ class MLflowLogger(MLFlowLogger):
         if fresh:
             super().log_hyperparams(fresh)
 
+    def finalize(self, status: str = "success") -> None:
+        # Lightning reports an interrupted fit (Ctrl+C, SIGTERM) as "failed"; MLflow has a word
+        # for it, so a user can tell a killed run from a crashed one.
+        if status == "failed" and self.interrupted:
+            status = "KILLED"
+        super().finalize(status)
+
     def reopen(self) -> None:
         """Mark a resumed run RUNNING again (it may have ended FAILED or KILLED)."""
         if rank_zero_only.rank == 0:
@@ -139,10 +148,34 @@ class RunCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.root = root
 
+    INTERRUPTED_NAME = "interrupted"
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = str(run_directory(trainer, self.root) / "checkpoints")
         super().setup(trainer, pl_module, stage)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """On Ctrl+C or SIGTERM, save ``interrupted.ckpt`` beside ``last.ckpt``.
+
+        ``last.ckpt`` (end of the last full epoch) stays untouched: resuming from it reproduces
+        an uninterrupted run exactly. ``interrupted.ckpt`` keeps the work of a partial epoch. A
+        crash (NaN loss, a bug) saves nothing: its weights may be what went wrong.
+        """
+        super().on_exception(trainer, pl_module, exception)
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        if isinstance(trainer.logger, MLflowLogger):
+            trainer.logger.interrupted = True
+        if self.dirpath is None or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        path = Path(self.dirpath) / f"{self.INTERRUPTED_NAME}{self.FILE_EXTENSION}"
+        trainer.save_checkpoint(path)  # Lightning writes atomically (temp file, then rename)
+        log.warning(
+            "fit interrupted at epoch %d, step %d; saved %s", trainer.current_epoch, trainer.global_step, path
+        )
 
 
 def run_directory(trainer: L.Trainer, root: str | os.PathLike[str]) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -248,3 +249,59 @@ def test_console_script_on_real_data(tmp_path: Path) -> None:
     assert run.info.status == "FINISHED"
     # 10 training batches of a 2-layer net already beat chance (10 %) clearly on real data.
     assert run.data.metrics["test/acc"] > 0.3
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_interrupted_fit_is_killed_with_a_checkpoint_and_resumes(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, signum: int
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    previous = signal.getsignal(signal.SIGTERM)
+    # 200 - 40 images / batch 32 = 5 steps per epoch: the signal arrives in the second epoch.
+    args = ["fit", "--config", str(REPO / "configs" / "debug.yaml"), *TINY, "--trainer.max_epochs=3",
+            "--trainer.callbacks+=_faults.SignalAt", "--trainer.callbacks.step=7",
+            f"--trainer.callbacks.signum={int(signum)}"]
+    try:
+        code = main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert code == (143 if signum == signal.SIGTERM else 130)
+    assert "--ckpt_path last" in err and "Traceback" not in err
+    (run,) = _runs(workdir)
+    assert run.info.status == "KILLED"
+    checkpoints = workdir / "runs" / "debug-seed0" / run.info.run_id / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file() and (checkpoints / "interrupted.ckpt").is_file()
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 0
+    resumed = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=3", "--ckpt_path=last"])
+    assert resumed.run_id == run.info.run_id
+    (run,) = _runs(workdir)
+    assert run.info.status == "FINISHED"
+    assert len(_client(workdir).get_metric_history(run.info.run_id, "val/acc")) == 3
+
+
+def test_non_finite_loss_stops_with_the_epoch_and_step(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["fit", "--config", str(REPO / "configs" / "debug.yaml"), *TINY, "--trainer.max_epochs=3",
+                 "--model.optimizer=sgd", "--model.lr=1e12", "--model.norm=none"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "NaN or infinite at epoch" in err and "global step" in err and "--model.lr" in err
+    (run,) = _runs(workdir)
+    assert run.info.status == "FAILED"
+    assert not list((workdir / "runs").glob("*/*/checkpoints/interrupted.ckpt"))
+
+
+def test_same_seed_gives_identical_metrics(workdir: Path) -> None:
+    a = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2"])
+    b = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2"])
+    assert a.run_id != b.run_id
+    for key in ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc"):
+        assert a.metrics[key] == b.metrics[key], key
+
+
+def test_unwritable_output_dir(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    blocker = workdir / "file"
+    blocker.write_text("")
+    code = main(["fit", "--config", str(REPO / "configs" / "debug.yaml"), *TINY, f"--output_dir={blocker}/runs"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--output_dir" in err and "cannot be written" in err
