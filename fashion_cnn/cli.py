@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_cnn import __version__
 from fashion_cnn.data import DataError, FashionMNISTDataModule
+from fashion_cnn.evaluation import EvaluationReport
+from fashion_cnn.seeding import EpochSeed
+from fashion_cnn.speed import fast_precision
 from fashion_cnn.system import FashionCNN, NonFiniteLossError
 from fashion_cnn.tracking import (
     BEST_CHECKPOINT_TAG,
@@ -45,7 +49,7 @@ warnings.filterwarnings("ignore", message="LightningCLI's args parameter is inte
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_epochs": 3,
     "logger": {"class_path": "fashion_cnn.tracking.MLflowLogger"},
-    "callbacks": [RunIdInCheckpoint()],
+    "callbacks": [RunIdInCheckpoint(), EpochSeed(), EvaluationReport()],
 }
 
 
@@ -161,6 +165,10 @@ class FashionCLI(LightningCLI):
         if self.subcommand != "fit":
             run_name += f"-{self.subcommand}"
         sub.checkpoint.root = sub.output_dir
+        if sub.trainer.get("precision") is None:
+            # bf16 autocast where the hardware computes bf16 natively (2-2.5x on an AVX512-BF16
+            # CPU); fp32 elsewhere, so no machine gets slower by default.
+            sub.trainer.precision = fast_precision(_resolve_accelerator(sub.trainer.get("accelerator")))
         _check_writable(Path(sub.output_dir), "--output_dir")
         logger = sub.trainer.get("logger")
         if isinstance(logger, Mapping) or hasattr(logger, "init_args"):
@@ -239,18 +247,38 @@ class FashionCLI(LightningCLI):
         return run_id
 
 
+def _resolve_accelerator(accelerator: Any) -> str:
+    """What Lightning's "auto" will pick: cuda, then mps, then cpu."""
+    if isinstance(accelerator, str) and accelerator != "auto":
+        return accelerator
+    if torch.cuda.is_available():
+        return "gpu"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def _check_writable(folder: Path, option: str) -> None:
     """Fail before training, not after the first epoch, when checkpoints could not be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
+    # Nothing is created here (a config error found later must leave no folder behind): the
+    # nearest existing ancestor must be a writable folder.
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    else:
+        try:  # a real write: os.access says yes to root even where nothing can be written
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            problem = f"{existing}: {exc.strerror or exc}"
+    if problem:
         raise UserError(
-            f"{option} {folder} cannot be written ({exc.strerror or exc}); pass a folder you can "
-            f"write to, e.g. {option} ./runs"
-        ) from None
+            f"{option} {folder} cannot be written ({problem}); pass a folder you can write to, "
+            f"e.g. {option} ./runs"
+        )
 
 
 def _channels(shape: tuple[int, int, int]) -> int:

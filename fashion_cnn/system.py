@@ -59,8 +59,8 @@ class FashionCNN(L.LightningModule):
         plateau_factor: Factor by which plateau multiplies the learning rate.
         plateau_patience: Epochs without val/loss improvement before plateau reduces the rate.
         label_smoothing: Label smoothing of the cross-entropy loss, in [0, 1).
-        channels_last: Run the network in channels_last memory format (faster convolutions with
-            BatchNorm on CPUs with AVX-512 and on GPUs; InstanceNorm gains nothing).
+        channels_last: Run the network in channels_last memory format. None (default) turns it
+            on for every norm except instance, which it slows down.
     """
 
     def __init__(
@@ -85,7 +85,7 @@ class FashionCNN(L.LightningModule):
         plateau_factor: float = 0.1,
         plateau_patience: int = 10,
         label_smoothing: float = 0.0,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         _check_training_args(
@@ -115,7 +115,11 @@ class FashionCNN(L.LightningModule):
             in_channels=in_channels,
             image_size=image_size,
         )
-        if channels_last:
+        # Auto: channels_last speeds up convolutions with batch/group/no norm (1.5x on an
+        # AVX-512 CPU, 2.4x with bf16), but InstanceNorm has no channels_last kernel and gets
+        # slower (0.8x with bf16); docs/benchmarks.md has the measurements.
+        self.use_channels_last = norm != "instance" if channels_last is None else channels_last
+        if self.use_channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.num_params = count_parameters(self.net)
         # One metric object per stage: torchmetrics keeps separate running state for each.
@@ -127,7 +131,7 @@ class FashionCNN(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) for images (B, C, H, W)."""
-        if self.hparams.channels_last:
+        if self.use_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
@@ -139,7 +143,9 @@ class FashionCNN(L.LightningModule):
         self.train_acc(logits, y)
         # Per-epoch only, under exactly these keys (on_step would rename them to *_epoch), and no
         # .item() here: Lightning accumulates on the device, so there is no host sync per step.
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(
+            "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y)
+        )
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
@@ -148,7 +154,7 @@ class FashionCNN(L.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         self.val_acc(logits, y)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
@@ -156,7 +162,7 @@ class FashionCNN(L.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         self.test_acc(logits, y)
-        self.log("test/loss", loss, on_epoch=True, batch_size=len(y))
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(y))
         self.log("test/acc", self.test_acc, on_epoch=True, batch_size=len(y))
         # Returned for callbacks (on_test_batch_end) that build evaluation reports; Lightning
         # does not keep them, so this costs no memory.

@@ -56,6 +56,37 @@ def _fail_fast_on_http() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+
+
+def _prepare_sqlite_store(uri: str, db: Path, experiment_name: str, artifact_location: str | None) -> None:
+    """Create the store's tables and the experiment under an exclusive file lock.
+
+    Two runs started at once in one folder would otherwise both create the schema (one fails
+    with "table ... already exists") or both create the experiment (one fails on the unique name).
+    """
+    from mlflow.tracking import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; concurrent first runs are then the user's call
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(uri)
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                client.create_experiment(experiment_name, artifact_location=artifact_location)
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class MLflowLogger(MLFlowLogger):
     """``MLFlowLogger`` with safe defaults for this project.
 
@@ -83,6 +114,9 @@ class MLflowLogger(MLFlowLogger):
         if uri.startswith(("http://", "https://")):
             _fail_fast_on_http()
         self.interrupted = False  # set by RunCheckpoint when the fit is interrupted
+        db = _sqlite_file(uri)
+        if db is not None:
+            _prepare_sqlite_store(uri, db, experiment_name, artifact_location)
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -92,7 +92,16 @@ def test_fit_records_everything_in_mlflow(workdir: Path) -> None:
 
     expected_params = FashionCNN(layers=2, filters=4, hidden=16, norm="batch", dropout=0.1, pool_every=1)
     assert params["num_params"] == str(expected_params.num_params)
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "lr", "test/loss", "test/acc"):
+    for key in (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/acc_best",
+        "lr",
+        "test/loss",
+        "test/acc",
+    ):
         assert key in run.data.metrics, key
     client = _client(workdir)
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2  # one point per epoch
@@ -134,29 +143,52 @@ def test_unseeded_run_records_its_seed(workdir: Path) -> None:
 def test_test_and_predict_rebuild_the_model_from_the_checkpoint(workdir: Path) -> None:
     fit = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--model.filters=6"])
     # No config: the architecture comes from the checkpoint alone.
-    tested = run_experiment(None, ["--ckpt_path", fit.best_checkpoint, "--data.val_size=40"], subcommand="test")
+    tested = run_experiment(
+        None, ["--ckpt_path", fit.best_checkpoint, "--data.val_size=40"], subcommand="test"
+    )
     assert tested.run_id != fit.run_id
     assert 0.0 <= tested.metrics["test/acc"] <= 1.0
     assert tested.metrics["test/acc"] == pytest.approx(fit.metrics["test/acc"])
     out = workdir / "pred.csv"
-    code = main(["predict", "--ckpt_path", fit.best_checkpoint, "--data.val_size=40",
-                 "--predictions_file", str(out), "--trainer.enable_progress_bar=false"])
+    code = main(
+        [
+            "predict",
+            "--ckpt_path",
+            fit.best_checkpoint,
+            "--data.val_size=40",
+            "--predictions_file",
+            str(out),
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     assert code == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 50  # the synthetic test set
     assert rows[0]["item"] == "test/0"
-    assert rows[0]["predicted"] in {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                                    "Shirt", "Sneaker", "Bag", "Ankle boot"}
+    assert rows[0]["predicted"] in {
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    }
     probs = [float(v) for k, v in rows[0].items() if k.startswith("p_")]
     assert len(probs) == 10 and sum(probs) == pytest.approx(1.0, abs=1e-4)
     assert float(rows[0]["confidence"]) == pytest.approx(max(probs), abs=1e-6)
 
 
 def test_resume_continues_the_same_run(workdir: Path) -> None:
-    first = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=1",
-                                                             "--test_after_fit=false"])
-    second = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2",
-                                                              "--ckpt_path=last"])
+    first = run_experiment(
+        REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=1", "--test_after_fit=false"]
+    )
+    second = run_experiment(
+        REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2", "--ckpt_path=last"]
+    )
     assert second.run_id == first.run_id
     (run,) = _runs(workdir)
     assert run.info.status == "FINISHED"
@@ -180,7 +212,10 @@ def test_resume_without_a_checkpoint_says_what_to_do(workdir: Path, capsys: pyte
         (["--model.layers=0"], ["layers=0"]),
         (["--model.filters=-1"], ["filters=-1"]),
         (["--model.norm=weight"], ["model.norm", "weight"]),
-        (["--model.norm=group", "--model.filters=12", "--model.norm_groups=8"], ["norm_groups=8", "filters=12"]),
+        (
+            ["--model.norm=group", "--model.filters=12", "--model.norm_groups=8"],
+            ["norm_groups=8", "filters=12"],
+        ),
         (["--model.layers=20", "--model.pool_every=1"], ["pool after block"]),
         (["--model.colour=3"], ["unrecognized", "model.colour"]),
         (["--model.layers=abc"], ["model.layers", "abc"]),
@@ -224,8 +259,15 @@ def test_bad_checkpoints_are_named(workdir: Path, capsys: pytest.CaptureFixture,
 
 def test_unreachable_tracking_server_fails_fast(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     uri = "http://127.0.0.1:9"  # the discard port: connection refused at once
-    code = main(["fit", "--config", str(REPO / "configs" / "debug.yaml"), *TINY,
-                 f"--trainer.logger.init_args.tracking_uri={uri}"])
+    code = main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "debug.yaml"),
+            *TINY,
+            f"--trainer.logger.init_args.tracking_uri={uri}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert uri in err and "Traceback" not in err
@@ -241,7 +283,11 @@ def test_console_script_on_real_data(tmp_path: Path) -> None:
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(
         [*command, "fit", "--config", str(REPO / "configs" / "debug.yaml")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -258,9 +304,16 @@ def test_interrupted_fit_is_killed_with_a_checkpoint_and_resumes(
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     previous = signal.getsignal(signal.SIGTERM)
     # 200 - 40 images / batch 32 = 5 steps per epoch: the signal arrives in the second epoch.
-    args = ["fit", "--config", str(REPO / "configs" / "debug.yaml"), *TINY, "--trainer.max_epochs=3",
-            "--trainer.callbacks+=_faults.SignalAt", "--trainer.callbacks.step=7",
-            f"--trainer.callbacks.signum={int(signum)}"]
+    args = [
+        "fit",
+        "--config",
+        str(REPO / "configs" / "debug.yaml"),
+        *TINY,
+        "--trainer.max_epochs=3",
+        "--trainer.callbacks+=_faults.SignalAt",
+        "--trainer.callbacks.step=7",
+        f"--trainer.callbacks.signum={int(signum)}",
+    ]
     try:
         code = main(args)
     finally:
@@ -273,16 +326,36 @@ def test_interrupted_fit_is_killed_with_a_checkpoint_and_resumes(
     checkpoints = workdir / "runs" / "debug-seed0" / run.info.run_id / "checkpoints"
     assert (checkpoints / "last.ckpt").is_file() and (checkpoints / "interrupted.ckpt").is_file()
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 0
-    resumed = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=3", "--ckpt_path=last"])
+    resumed = run_experiment(
+        REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=3", "--ckpt_path=last"]
+    )
     assert resumed.run_id == run.info.run_id
     (run,) = _runs(workdir)
     assert run.info.status == "FINISHED"
     assert len(_client(workdir).get_metric_history(run.info.run_id, "val/acc")) == 3
+    if signum == signal.SIGTERM:
+        # Resuming from last.ckpt repeats the uninterrupted run exactly: same data order,
+        # dropout masks and augmentation per epoch (seeded from the seed and the epoch).
+        straight = run_experiment(
+            REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=3", "--run_name=straight"]
+        )
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"):
+            assert resumed.metrics[key] == straight.metrics[key], key
 
 
 def test_non_finite_loss_stops_with_the_epoch_and_step(workdir: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["fit", "--config", str(REPO / "configs" / "debug.yaml"), *TINY, "--trainer.max_epochs=3",
-                 "--model.optimizer=sgd", "--model.lr=1e12", "--model.norm=none"])
+    code = main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "debug.yaml"),
+            *TINY,
+            "--trainer.max_epochs=3",
+            "--model.optimizer=sgd",
+            "--model.lr=1e12",
+            "--model.norm=none",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "NaN or infinite at epoch" in err and "global step" in err and "--model.lr" in err
@@ -302,6 +375,46 @@ def test_same_seed_gives_identical_metrics(workdir: Path) -> None:
 def test_unwritable_output_dir(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     blocker = workdir / "file"
     blocker.write_text("")
-    code = main(["fit", "--config", str(REPO / "configs" / "debug.yaml"), *TINY, f"--output_dir={blocker}/runs"])
+    code = main(
+        ["fit", "--config", str(REPO / "configs" / "debug.yaml"), *TINY, f"--output_dir={blocker}/runs"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--output_dir" in err and "cannot be written" in err
+
+
+@pytest.mark.realdata
+def test_concurrent_fits_in_one_folder(tmp_path: Path) -> None:
+    """Two fits started at once on a fresh sqlite store both finish, as separate runs and files."""
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    env = {**os.environ, "FASHION_CNN_DATA_DIR": str(tmp_path / "data")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    # Fill the data cache first: the race under test is MLflow's, not the data copy's.
+    subprocess.run(
+        [sys.executable, "-c", "from fashion_cnn import FashionMNISTDataModule as D; D().prepare_data()"],
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "fashion_cnn.cli",
+        "fit",
+        "--config",
+        str(REPO / "configs" / "debug.yaml"),
+    ]
+    procs = [
+        subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    for code, err in results:
+        assert code == 0, err[-2000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("fashion-cnn").experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    bests = {r.data.tags["best_checkpoint"] for r in runs}
+    assert len(bests) == 2 and all(Path(b).is_file() for b in bests)

@@ -140,11 +140,14 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 def test_channels_last_gives_the_same_logits() -> None:
     torch.manual_seed(0)
-    a = FashionCNN(layers=2, filters=8, norm="batch").eval()
+    a = FashionCNN(layers=2, filters=8, norm="batch", channels_last=False).eval()
     b = FashionCNN(layers=2, filters=8, norm="batch", channels_last=True).eval()
     b.load_state_dict(a.state_dict())
     x = torch.randn(4, 1, 28, 28)
     assert torch.allclose(a(x), b(x), atol=1e-5)
+    # Auto: on for batch norm, off for instance norm (which it slows down).
+    assert FashionCNN(norm="batch").use_channels_last
+    assert not FashionCNN(norm="instance").use_channels_last
 
 
 @pytest.mark.parametrize(
