@@ -21,6 +21,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -184,6 +185,20 @@ class RunCheckpoint(ModelCheckpoint):
 
     INTERRUPTED_NAME = "interrupted"
 
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        # Lightning writes the file in place; a kill or a full disk mid-write would leave a
+        # truncated last.ckpt where a good one was. Write beside it, then rename (atomic).
+        partial = f"{filepath}.partial"
+        trainer.save_checkpoint(partial, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        trainer.strategy.barrier("RunCheckpoint._save_checkpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = str(run_directory(trainer, self.root) / "checkpoints")
@@ -206,7 +221,10 @@ class RunCheckpoint(ModelCheckpoint):
         if self.dirpath is None or trainer.sanity_checking or trainer.state.fn != "fit":
             return
         path = Path(self.dirpath) / f"{self.INTERRUPTED_NAME}{self.FILE_EXTENSION}"
-        trainer.save_checkpoint(path)  # Lightning writes atomically (temp file, then rename)
+        partial = path.with_name(path.name + ".partial")
+        trainer.save_checkpoint(partial, weights_only=False)  # full state, to resume from
+        if trainer.is_global_zero:
+            os.replace(partial, path)
         log.warning(
             "fit interrupted at epoch %d, step %d; saved %s", trainer.current_epoch, trainer.global_step, path
         )

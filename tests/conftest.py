@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import os
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -116,3 +118,15 @@ def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data_dir = tmp_path_factory.mktemp("real_data_dir")
     _idx.load_verified(data_dir, [REAL_DATA_DIR], download=False)
     return data_dir
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_idx_dir: SyntheticIdx) -> Path:
+    """A fresh working directory for real CLI runs: synthetic data already in the data dir (as if
+    an earlier run had fetched it) and the default sqlite MLflow store created in the folder."""
+    shutil.copytree(synthetic_idx_dir.source_dir, os.environ["FASHION_CNN_DATA_DIR"])
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return work

@@ -35,18 +35,6 @@ TINY = [
 ]
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_idx_dir) -> Path:
-    """A fresh working directory with synthetic data and the default sqlite store in it."""
-    # The synthetic files sit in FASHION_CNN_DATA_DIR, as if an earlier run had fetched them.
-    shutil.copytree(synthetic_idx_dir.source_dir, os.environ["FASHION_CNN_DATA_DIR"])
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return work
-
-
 def _client(work: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -45,17 +43,6 @@ CALLBACK = (
     else ["--trainer.callbacks+=fashion_cnn.evaluation.EvaluationReport"]
 )
 REPORT = {"per_class.csv", "confusion_matrix.png", "reliability.png", "misclassified.png"}
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_idx_dir) -> Path:
-    """A fresh working directory with synthetic data and the default sqlite store in it."""
-    shutil.copytree(synthetic_idx_dir.source_dir, os.environ["FASHION_CNN_DATA_DIR"])
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return work
 
 
 def _predictions(n: int = 600, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
