@@ -1,4 +1,8 @@
-"""Lightning's DDP with our data path: two CPU processes (gloo), each on its own half of the data."""
+"""Lightning's DDP with our data path: two CPU processes (gloo), each on its own half of the data.
+
+ddp_fork, not ddp_spawn: forked workers inherit the synthetic-data fixture's patched checksums,
+while spawned ones would re-import the module and verify against the real ones.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ def test_ddp_two_processes_share_the_epoch(tmp_path: Path, synthetic_idx_dir) ->
     dm = FashionMNISTDataModule(batch_size=8, val_size=40)
     model = FashionCNN(layers=2, filters=4, hidden=16, norm="batch")
     trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, logger=False,
+        accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=2, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[ShardRecorder(str(tmp_path))], default_root_dir=tmp_path,
     )
