@@ -27,3 +27,10 @@ def slow(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "fashion_cnn", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/ (mkdocs.yml)."""
+    session.install("mkdocs>=1.6")
+    session.run("mkdocs", "build", "-d", "site")
