@@ -163,3 +163,14 @@ def test_channels_last_gives_the_same_logits() -> None:
 def test_invalid_training_settings(kwargs: dict, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
         FashionCNN(**kwargs)
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_and_checkpoints_interchange(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    eager = FashionCNN(layers=2, filters=4, norm="batch").eval()
+    compiled = FashionCNN(layers=2, filters=4, norm="batch", compile=True).eval()
+    compiled.load_state_dict(eager.state_dict())  # same keys: the compiled net is not a submodule
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(eager(x), compiled(x), atol=1e-5)
+    assert set(compiled.state_dict()) == set(eager.state_dict())
