@@ -14,7 +14,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -25,6 +24,8 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+
+from fashion_cnn import _io
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ def read_idx(path: str | os.PathLike[str], spec: IdxSpec) -> np.ndarray:
 
 @contextlib.contextmanager
 def atomic_write(path: Path) -> Iterator[BinaryIO]:
-    """Write ``path`` all at once: a temp file in the same directory, fsync, then ``os.replace``.
+    """:func:`fashion_cnn._io.atomic_write`, with write failures reported as :class:`DataError`.
 
     An exception inside the block (or a crash) never leaves a partial file under ``path``; the
     hidden temp file is removed on exceptions and never matches a name this module looks for.
@@ -232,36 +233,19 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
     directory = path.parent
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".part")
     except OSError as e:
         raise DataError(
             f"Cannot write to the data directory {directory}: {e}. Set FASHION_CNN_DATA_DIR "
             "or pass --data.data_dir to a writable directory."
         ) from e
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with _io.atomic_write(path) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the data is not secret
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError):  # disk full, I/O error, quota...
-            raise DataError(
-                f"Cannot write {path}: {e}. Free space there, or set FASHION_CNN_DATA_DIR or "
-                "pass --data.data_dir to a writable directory."
-            ) from e
-        raise
-    # Make the rename itself durable; not every filesystem supports fsync on a directory.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    except OSError as e:  # disk full, I/O error, quota, no permission...
+        raise DataError(
+            f"Cannot write {path}: {e}. Free space there, or set FASHION_CNN_DATA_DIR or "
+            "pass --data.data_dir to a writable directory."
+        ) from e
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_cnn import __version__
+from fashion_cnn._io import atomic_write
 from fashion_cnn.data import DataError, FashionMNISTDataModule
 from fashion_cnn.evaluation import EvaluationReport
 from fashion_cnn.seeding import EpochSeed
@@ -86,6 +87,7 @@ class FashionCLI(LightningCLI):
     """
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
+        self._checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, once read
         super().__init__(
             FashionCNN,
             FashionMNISTDataModule,
@@ -162,13 +164,13 @@ class FashionCLI(LightningCLI):
                 ckpt = str(self._find_last_checkpoint())
                 self.config[sub].ckpt_path = ckpt
             if ckpt and ckpt not in ("last", "best"):
-                read_checkpoint(ckpt)
+                # Kept: fit reads the MLflow run id from it (_run_to_resume) without a reload.
+                self._checkpoint = read_checkpoint(ckpt)
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         sub = self.config[self.subcommand]
-        name = sub.run_name or _config_stem(sub.get("config")) or "fashion-cnn"
-        run_name = f"{name}-seed{sub.seed_everything}"
+        run_name = _run_name(sub)
         if self.subcommand != "fit":
             run_name += f"-{self.subcommand}"
         sub.checkpoint.root = sub.output_dir
@@ -182,7 +184,7 @@ class FashionCLI(LightningCLI):
             init = logger.init_args
             if "run_name" in init and init.run_name is None:
                 init.run_name = run_name
-            if self.subcommand == "fit" and sub.get("ckpt_path") and "run_id" in init:
+            if self.subcommand == "fit" and self._checkpoint is not None and "run_id" in init:
                 init.run_id = init.run_id or self._run_to_resume(sub.ckpt_path, init)
         self._run_name = run_name
 
@@ -228,8 +230,7 @@ class FashionCLI(LightningCLI):
 
     def _find_last_checkpoint(self) -> Path:
         sub = self.config["fit"]
-        name = sub.run_name or _config_stem(sub.get("config")) or "fashion-cnn"
-        pattern = f"{name}-seed{sub.seed_everything}/*/checkpoints/last.ckpt"
+        pattern = f"{_run_name(sub)}/*/checkpoints/last.ckpt"
         found = sorted(Path(sub.output_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
         if not found:
             # Interrupted before the first epoch ended: the partial epoch is all there is.
@@ -244,8 +245,7 @@ class FashionCLI(LightningCLI):
         return found[-1]
 
     def _run_to_resume(self, ckpt_path: str, logger_args: Any) -> str | None:
-        checkpoint = read_checkpoint(ckpt_path)
-        run_id = checkpoint.get(RUN_ID_KEY)
+        run_id = self._checkpoint.get(RUN_ID_KEY)
         if run_id is None:
             return None
         from mlflow.exceptions import MlflowException
@@ -303,6 +303,12 @@ def _height(shape: tuple[int, int, int]) -> int:
     return shape[1]
 
 
+def _run_name(sub: Any) -> str:
+    """``<run_name or config file name>-seed<seed>``: names the MLflow run and its folder."""
+    name = sub.run_name or _config_stem(sub.get("config")) or "fashion-cnn"
+    return f"{name}-seed{sub.seed_everything}"
+
+
 def _config_stem(configs: Any) -> str | None:
     if not configs:
         return None
@@ -340,9 +346,7 @@ def write_predictions(path: Path, predictions: list[dict[str, torch.Tensor]], da
     """CSV: item (file name or test index), predicted class, confidence, one column per class."""
     names = list(getattr(datamodule, "class_names", [str(i) for i in range(10)]))
     items = list(getattr(datamodule, "predict_names", []))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["item", "predicted", "confidence", *[f"p_{n}" for n in names]])
         for batch in predictions:
@@ -356,7 +360,6 @@ def write_predictions(path: Path, predictions: list[dict[str, torch.Tensor]], da
                 writer.writerow(
                     [item, names[int(preds[row])], f"{float(p.max()):.6f}", *[f"{float(v):.6f}" for v in p]]
                 )
-    os.replace(tmp, path)
 
 
 _RESUME_HINT = (

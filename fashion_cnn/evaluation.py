@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 
+from fashion_cnn._io import atomic_path, atomic_write
 from fashion_cnn.data import CLASS_NAMES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 if TYPE_CHECKING:
@@ -185,9 +186,7 @@ def unnormalize(images: torch.Tensor, mean: float, std: float, normalize: bool) 
 def write_per_class_csv(path: str | os.PathLike[str], stats: ClassStats, class_names: Sequence[str]) -> Path:
     """Write one row per class (atomically: a reader never sees a half-written file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(
             [
@@ -207,7 +206,6 @@ def write_per_class_csv(path: str | os.PathLike[str], stats: ClassStats, class_n
                 [i, name, int(stats.support[i]), int(stats.predicted[i]), int(stats.correct[i])]
                 + [f"{float(v[i]):.6f}" for v in (stats.precision, stats.recall, stats.f1, stats.accuracy)]
             )
-    os.replace(tmp, path)
     return path
 
 
@@ -224,9 +222,8 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save_figure(fig: Figure, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return path
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fashion_cnn._io import atomic_write
 from fashion_cnn.data import CLASS_NAMES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 __all__ = [
@@ -195,14 +196,10 @@ def export_onnx(
             f"the ONNX model differs from PyTorch by {diff:.2e} (> {VERIFY_ATOL}); not written"
         )
 
-    tmp = output.with_name(output.name + ".tmp")
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, output)
+        with atomic_write(output) as fh:
+            fh.write(data)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
     log.info(
         "exported %s (opset %d, %.1f MB, max |logit diff| vs PyTorch %.1e)",

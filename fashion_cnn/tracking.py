@@ -32,7 +32,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_SQLITE_PREFIX = "sqlite:///"
+DEFAULT_TRACKING_URI = _SQLITE_PREFIX + "mlflow.db"
 RUN_ID_KEY = "mlflow_run_id"
 BEST_CHECKPOINT_TAG = "best_checkpoint"
 
@@ -44,10 +45,10 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
     that changes directory would otherwise keep writing to the first folder's database.
     """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
+    db = _sqlite_file(uri)
+    if db is None or db.is_absolute():
+        return uri
+    return _SQLITE_PREFIX + str(db.resolve())
 
 
 def _fail_fast_on_http() -> None:
@@ -58,8 +59,8 @@ def _fail_fast_on_http() -> None:
 
 
 def _sqlite_file(uri: str) -> Path | None:
-    prefix = "sqlite:///"
-    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+    """The database file of a ``sqlite:///`` URI (relative or absolute), else None."""
+    return Path(uri[len(_SQLITE_PREFIX) :]) if uri.startswith(_SQLITE_PREFIX) else None
 
 
 def _prepare_sqlite_store(uri: str, db: Path, experiment_name: str, artifact_location: str | None) -> None:
@@ -186,13 +187,7 @@ class RunCheckpoint(ModelCheckpoint):
     INTERRUPTED_NAME = "interrupted"
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        # Lightning writes the file in place; a kill or a full disk mid-write would leave a
-        # truncated last.ckpt where a good one was. Write beside it, then rename (atomic).
-        partial = f"{filepath}.partial"
-        trainer.save_checkpoint(partial, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(partial, filepath)
-        trainer.strategy.barrier("RunCheckpoint._save_checkpoint")
+        save_checkpoint_atomically(trainer, Path(filepath), self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
@@ -221,13 +216,25 @@ class RunCheckpoint(ModelCheckpoint):
         if self.dirpath is None or trainer.sanity_checking or trainer.state.fn != "fit":
             return
         path = Path(self.dirpath) / f"{self.INTERRUPTED_NAME}{self.FILE_EXTENSION}"
-        partial = path.with_name(path.name + ".partial")
-        trainer.save_checkpoint(partial, weights_only=False)  # full state, to resume from
-        if trainer.is_global_zero:
-            os.replace(partial, path)
+        save_checkpoint_atomically(trainer, path, weights_only=False)  # full state, to resume from
         log.warning(
             "fit interrupted at epoch %d, step %d; saved %s", trainer.current_epoch, trainer.global_step, path
         )
+
+
+def save_checkpoint_atomically(trainer: L.Trainer, path: Path, weights_only: bool) -> None:
+    """``trainer.save_checkpoint`` into ``<path>.partial``, then rename it over ``path``.
+
+    Lightning writes the file in place: a kill or a full disk mid-write would leave a truncated
+    last.ckpt where a good one was. The temporary name is the same on every DDP rank because the
+    save is collective and only rank 0 writes (so ``fashion_cnn._io.atomic_path``, which draws a
+    unique name per process, does not fit here).
+    """
+    partial = path.with_name(path.name + ".partial")
+    trainer.save_checkpoint(partial, weights_only)
+    if trainer.is_global_zero:
+        os.replace(partial, path)
+    trainer.strategy.barrier("save_checkpoint_atomically")
 
 
 def run_directory(trainer: L.Trainer, root: str | os.PathLike[str]) -> Path:

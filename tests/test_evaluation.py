@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from _cli_args import TINY
 from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import (
@@ -27,15 +28,6 @@ from fashion_cnn.cli import TRAINER_DEFAULTS, run_experiment
 from fashion_cnn.data import CLASS_NAMES, prepare_batch
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--model.layers=2",
-    "--model.filters=4",
-    "--model.hidden=16",
-    "--data.val_size=40",
-    "--data.batch_size=32",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
 # The CLI may already register the callback by default; adding a second one would write twice.
 CALLBACK = (
     []

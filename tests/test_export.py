@@ -56,7 +56,7 @@ def _torch_logits(ckpt: Path, images: torch.Tensor, normalize: bool = True) -> n
 def test_onnx_matches_pytorch_on_raw_pixels(ort, synthetic_idx_dir, tmp_path: Path, norm, normalize) -> None:
     ckpt = _checkpoint(tmp_path / "model.ckpt", norm=norm, normalize=normalize)
     path = export_onnx(ckpt, tmp_path / "out" / "model.onnx")
-    assert path == tmp_path / "out" / "model.onnx" and not list(path.parent.glob("*.tmp"))
+    assert path == tmp_path / "out" / "model.onnx" and list(path.parent.iterdir()) == [path]  # no temp left
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (pixels,) = session.get_inputs()
