@@ -2,6 +2,7 @@
 
     python benchmarks/bench_speed.py                  # all journal architectures, ~5 min on 2 cores
     python benchmarks/bench_speed.py --steps 20 --only ultimate baseline
+    python benchmarks/bench_speed.py --device cuda --batch 512     # on a GPU
 
 Each variant runs the same forward + backward + Adam step on the same (B, 1, 28, 28) batches; the
 variants of one config are interleaved over several rounds and the median is reported, so load
@@ -40,17 +41,19 @@ VARIANTS = {  # name: (channels_last, bf16)
 }
 
 
-def time_steps(net: torch.nn.Module, channels_last: bool, bf16: bool, steps: int, batch: int) -> float:
+def time_steps(
+    net: torch.nn.Module, channels_last: bool, bf16: bool, steps: int, batch: int, device: torch.device
+) -> float:
     """Images per second of ``steps`` training steps (after two warm-up steps)."""
-    net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    net = net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.randn(batch, 1, 28, 28)
+    x = torch.randn(batch, 1, 28, 28, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
+    y = torch.randint(0, 10, (batch,), device=device)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -58,9 +61,13 @@ def time_steps(net: torch.nn.Module, channels_last: bool, bf16: bool, steps: int
 
     for _ in range(2):
         step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # GPU work is asynchronous: time what has finished
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return steps * batch / (time.perf_counter() - start)
 
 
@@ -72,10 +79,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--only", nargs="*", help="substrings of config names to run")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, fast bf16 CPU: {cpu_has_fast_bf16()}"
-    )
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
+    else:
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"fast bf16 CPU: {cpu_has_fast_bf16()}"
+        )
     print(f"batch {args.batch}, {args.steps} steps x {args.rounds} interleaved rounds, median images/s\n")
     header = f"{'config':28s}" + "".join(f"{v:>20s}" for v in VARIANTS)
     print(header)
@@ -87,7 +100,7 @@ def main() -> None:
         rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for _ in range(args.rounds):
             for variant, (cl, bf16) in VARIANTS.items():
-                rates[variant].append(time_steps(net, cl, bf16, args.steps, args.batch))
+                rates[variant].append(time_steps(net, cl, bf16, args.steps, args.batch, device))
         base = statistics.median(rates["fp32"])
         cells = []
         for variant in VARIANTS:

@@ -95,8 +95,8 @@ def prepare_batch(
     return images.float().div_(255.0)
 
 
-def augment_batch(images: torch.Tensor, flip: bool, crop_padding: int) -> torch.Tensor:
-    """Randomly flip and shift a batch, each sample on its own draw, without a per-sample loop.
+def augment_batch(images: torch.Tensor, flip: bool, crop_padding: int, cutout: int = 0) -> torch.Tensor:
+    """Randomly flip, shift and cut out a batch, each sample on its own draw, without a loop.
 
     Runs on the uint8 images, before normalisation, so the padding is exactly black (0), the
     dataset's background. Random numbers come from torch's default generator on the batch's
@@ -107,6 +107,8 @@ def augment_batch(images: torch.Tensor, flip: bool, crop_padding: int) -> torch.
         flip: Mirror each image left-right with probability 0.5.
         crop_padding: Pad each side with this many zero pixels and take a random H x W crop,
             i.e. shift each image by up to ``crop_padding`` pixels in each direction. 0 disables.
+        cutout: Black out a ``cutout`` x ``cutout`` square centred on a uniformly random pixel
+            (so it may hang over the border), as in DeVries & Taylor (2017). 0 disables.
 
     Returns:
         A new tensor of the same shape, dtype and device.
@@ -126,6 +128,14 @@ def augment_batch(images: torch.Tensor, flip: bool, crop_padding: int) -> torch.
         sample = torch.arange(batch, device=device)[:, None, None]  # (B, 1, 1)
         # Advanced indices broadcast to (B, H, W) and come first: result is (B, H, W, C).
         images = padded.permute(0, 2, 3, 1)[sample, rows, cols].permute(0, 3, 1, 2).contiguous()
+    if cutout > 0:
+        # The square covers rows [cy - cutout // 2, cy - cutout // 2 + cutout), likewise columns.
+        top = torch.randint(0, height, (batch, 1, 1), device=device) - cutout // 2
+        left = torch.randint(0, width, (batch, 1, 1), device=device) - cutout // 2
+        rows = torch.arange(height, device=device)[None, :, None] - top  # (B, H, 1)
+        cols = torch.arange(width, device=device)[None, None, :] - left  # (B, 1, W)
+        inside = (rows >= 0) & (rows < cutout) & (cols >= 0) & (cols < cutout)  # (B, H, W)
+        images = images.masked_fill(inside[:, None], 0)
     return images
 
 
@@ -238,6 +248,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         augment_flip: In training, mirror each image left-right with probability 0.5.
         augment_crop_padding: In training, shift each image by up to this many pixels (zero
             padding, random crop back to 28x28). 0 disables.
+        augment_cutout: In training, black out a random square of this many pixels a side in each
+            image (cutout); 0 disables. Applied after flip and shift.
         predict_dir: Folder of .png/.jpg/.jpeg images to predict (not searched recursively).
             Default: predict the test set.
         eval_batch_size: Batch size for validation, test and prediction. Default: the larger of
@@ -255,6 +267,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         normalize: bool = True,
         augment_flip: bool = False,
         augment_crop_padding: int = 0,
+        augment_cutout: int = 0,
         predict_dir: str | None = None,
         eval_batch_size: int | None = None,
     ) -> None:
@@ -269,6 +282,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             normalize=normalize,
             augment_flip=augment_flip,
             augment_crop_padding=augment_crop_padding,
+            augment_cutout=augment_cutout,
             predict_dir=predict_dir,
             eval_batch_size=eval_batch_size,
         )
@@ -385,7 +399,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         images, targets = batch
         trainer = self.trainer
         if trainer is not None and trainer.training:
-            images = augment_batch(images, self.hparams.augment_flip, self.hparams.augment_crop_padding)
+            hp = self.hparams
+            images = augment_batch(images, hp.augment_flip, hp.augment_crop_padding, hp.augment_cutout)
         return prepare_batch(images, self.mean, self.std, self.hparams.normalize), targets
 
     # ---- helpers
@@ -452,6 +467,8 @@ def _check_arguments(**args: Any) -> None:
         fail("split_seed", "use an integer >= 0")
     if not is_int(args["augment_crop_padding"]) or not 0 <= args["augment_crop_padding"] < 28:
         fail("augment_crop_padding", "use an integer from 0 (off) to 27 pixels, e.g. 2 or 4")
+    if not is_int(args["augment_cutout"]) or not 0 <= args["augment_cutout"] <= 28:
+        fail("augment_cutout", "use an integer from 0 (off) to 28 pixels, e.g. 8 or 12")
     eval_batch_size = args["eval_batch_size"]
     if eval_batch_size is not None and (not is_int(eval_batch_size) or eval_batch_size < 1):
         fail("eval_batch_size", "use an integer >= 1, or leave it unset for max(batch_size, 256)")

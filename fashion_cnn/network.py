@@ -5,8 +5,11 @@ Nothing here imports Lightning, so the network can be built, inspected and teste
 Architecture (the only one consistent with the journal's two regularised parameter counts, see
 ``docs/architecture.md``)::
 
-    [Conv2d(k, same padding) -> Norm -> ReLU -> Dropout2d -> MaxPool2d(2)?] x layers   (constant width)
-    -> Flatten -> Linear(filters * H * W, hidden) -> ReLU -> Linear(hidden, num_classes)
+    [Conv2d(k, same padding) -> Norm -> ReLU -> Dropout2d -> MaxPool2d(2)?] x layers
+    -> Flatten -> Linear(filters[-1] * H * W, hidden) -> ReLU -> Linear(hidden, num_classes)
+
+``filters`` is one width for every block (the journal's networks) or one width per block (e.g.
+doubling after each pool, the usual way to spend parameters where the maps are small).
 
 By default a 2x2 max-pool closes every third block (``pool_every=3``): one pool at 4 layers
 (28 -> 14) and two at 6 layers (28 -> 14 -> 7). That rule reproduces the journal's counts exactly:
@@ -104,10 +107,17 @@ def pool_positions(layers: int, pool_every: int, pool_after: Sequence[int] | Non
     return list(range(pool_every, layers + 1, pool_every))
 
 
+def block_widths(layers: int, filters: int | Sequence[int]) -> list[int]:
+    """Return the output channels of each block: ``filters`` repeated, or the per-block list."""
+    if isinstance(filters, int):
+        return [filters] * layers
+    return list(filters)
+
+
 def check_config(
     *,
     layers: int,
-    filters: int,
+    filters: int | Sequence[int],
     kernel_size: int,
     norm: str,
     dropout: float,
@@ -130,7 +140,19 @@ def check_config(
             raise ValueError(f"{name}={value!r} is invalid: use an integer >= {minimum}")
 
     at_least("layers", layers, 1)
-    at_least("filters", filters, 1)
+    if isinstance(filters, (str, bytes)) or not isinstance(filters, (int, Sequence)):
+        raise ValueError(f"filters={filters!r} is invalid: use an integer >= 1 or a list of them")
+    if isinstance(filters, Sequence):
+        if len(filters) != layers:
+            raise ValueError(
+                f"filters={list(filters)} has {len(filters)} widths for layers={layers}: give one "
+                f"width per block, or a single integer for a constant width"
+            )
+        for i, width in enumerate(filters):
+            at_least(f"filters[{i}]", width, 1)
+    else:
+        at_least("filters", filters, 1)
+    widths = block_widths(layers, filters)
     at_least("hidden", hidden, 1)
     at_least("num_classes", num_classes, 2)
     at_least("in_channels", in_channels, 1)
@@ -149,12 +171,13 @@ def check_config(
         raise ValueError(f"dropout={dropout!r} is outside [0, 1): use e.g. 0.0, 0.1 or 0.5")
     if norm == "group":
         at_least("norm_groups", norm_groups, 1)
-        if filters % norm_groups:
-            divisors = [d for d in range(1, filters + 1) if filters % d == 0]
-            raise ValueError(
-                f"norm_groups={norm_groups} does not divide filters={filters}: GroupNorm needs the "
-                f"channels split evenly; use one of {divisors}"
-            )
+        for width in widths:
+            if width % norm_groups:
+                divisors = [d for d in range(1, width + 1) if all(w % d == 0 for w in widths)]
+                raise ValueError(
+                    f"norm_groups={norm_groups} does not divide filters={filters}: GroupNorm needs "
+                    f"the channels split evenly; use one of {divisors}"
+                )
     at_least("pool_every", pool_every, 0)
     positions = pool_positions(layers, pool_every, pool_after)
     bad = [p for p in positions if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= layers]
@@ -183,11 +206,12 @@ def check_config(
 
 
 class FashionCNNNet(nn.Module):
-    """The journal's CNN: ``layers`` constant-width conv blocks, then a two-layer MLP head.
+    """The journal's CNN: ``layers`` conv blocks, then a two-layer MLP head.
 
     Args:
         layers: Number of convolutional blocks.
-        filters: Channels of every block (constant width).
+        filters: Channels of every block (an integer: the journal's constant width), or a list
+            with one width per block.
         kernel_size: Odd convolution kernel size.
         norm: Normalisation in each block: none, batch, instance, layer (GroupNorm with one group)
             or group (GroupNorm with ``norm_groups`` groups).
@@ -205,7 +229,7 @@ class FashionCNNNet(nn.Module):
     def __init__(
         self,
         layers: int = 4,
-        filters: int = 32,
+        filters: int | Sequence[int] = 32,
         kernel_size: int = 3,
         norm: NormName = "none",
         dropout: float = 0.0,
@@ -234,24 +258,27 @@ class FashionCNNNet(nn.Module):
         )
         self.in_channels = in_channels
         self.image_size = image_size
+        widths = block_widths(layers, filters)
         self.features = nn.Sequential(
             *(
                 ConvBlock(
-                    in_channels if i == 1 else filters,
-                    filters,
+                    channels_in,
+                    channels_out,
                     kernel_size,
                     norm,
                     dropout,
                     pool=i in positions,
                     groups=norm_groups,
                 )
-                for i in range(1, layers + 1)
+                for i, (channels_in, channels_out) in enumerate(
+                    zip([in_channels, *widths[:-1]], widths, strict=True), start=1
+                )
             )
         )
         out_size = image_size // 2 ** len(positions)
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(filters * out_size * out_size, hidden),
+            nn.Linear(widths[-1] * out_size * out_size, hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
         )
@@ -263,7 +290,7 @@ class FashionCNNNet(nn.Module):
                 f"expected images of shape (B, {self.in_channels}, {self.image_size}, "
                 f"{self.image_size}), got {tuple(x.shape)}"
             )
-        x = self.features(x)  # (B, filters, image_size / 2**pools, same)
+        x = self.features(x)  # (B, filters[-1], image_size / 2**pools, same)
         return self.head(x)  # (B, num_classes)
 
 

@@ -1,4 +1,11 @@
-"""CLI arguments shared by the tests that run real fits on the synthetic data."""
+"""CLI arguments and the console-script runner shared by the tests that run real fits."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 
 # Small and fast on the synthetic data (200 train / 50 test images).
 TINY = [
@@ -10,3 +17,29 @@ TINY = [
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
 ]
+
+
+def run_console_script(cwd, *args: str, data_dir) -> subprocess.CompletedProcess:
+    """Run the installed ``fashion-cnn`` command on the real data, as a user would.
+
+    Skips the calling test when Debian's dataset-fashion-mnist or the console script is missing.
+    The default sqlite store in ``cwd`` is used (a caller's ``MLFLOW_TRACKING_URI`` is dropped).
+    """
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    exe = shutil.which("fashion-cnn")
+    if exe is None:
+        pytest.skip("the fashion-cnn console script is not installed (pip install -e .)")
+    env = {**os.environ, "FASHION_CNN_DATA_DIR": str(data_dir)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+# A Trainer for tests that only need the fit loop: no logger, checkpoints, bar or summary.
+QUIET_TRAINER = {
+    "accelerator": "cpu",
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}

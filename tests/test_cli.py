@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _cli_args import TINY
+from _cli_args import TINY, run_console_script
 from mlflow.tracking import MlflowClient
 
 from fashion_cnn.cli import main, run_experiment
 from fashion_cnn.data import CLASS_NAMES
+from fashion_cnn.network import count_parameters
+from fashion_cnn.system import FashionCNN
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -46,6 +47,12 @@ def test_every_config_parses_through_the_cli(config: Path, capsys: pytest.Captur
         for key, value in (wanted.get(section) or {}).items():
             assert printed[section][key] == value, f"{config.name}: {section}.{key}"
     assert config.read_text().startswith("# "), "each config opens with its header comment"
+
+
+def test_best_under_1m_recipe_is_under_1m_parameters() -> None:
+    model = yaml.safe_load((REPO / "configs" / "best_under_1m.yaml").read_text())["model"]
+    net = FashionCNN(**model).net
+    assert count_parameters(net) == 630_410 < 1_000_000
 
 
 def test_configs_cover_the_journal() -> None:
@@ -244,19 +251,8 @@ def test_unreachable_tracking_server_fails_fast(workdir: Path, capsys: pytest.Ca
 
 @pytest.mark.realdata
 def test_console_script_on_real_data(tmp_path: Path) -> None:
-    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
-        pytest.skip("apt-get install dataset-fashion-mnist")
-    exe = shutil.which("fashion-cnn")
-    command = [exe] if exe else [sys.executable, "-m", "fashion_cnn.cli"]
-    env = {**os.environ, "FASHION_CNN_DATA_DIR": str(tmp_path / "data")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run(
-        [*command, "fit", "--config", str(REPO / "configs" / "debug.yaml")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_console_script(
+        tmp_path, "fit", "--config", str(REPO / "configs" / "debug.yaml"), data_dir=tmp_path / "data"
     )
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

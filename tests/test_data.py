@@ -16,10 +16,11 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from _cli_args import QUIET_TRAINER
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, DistributedSampler
 
-from fashion_cnn import _idx, data, images
+from fashion_cnn import FashionCNN, _idx, data, images
 from fashion_cnn._idx import DataError, atomic_write, read_idx
 from fashion_cnn.data import (
     CLASS_NAMES,
@@ -469,13 +470,34 @@ def test_crop_augmentation_shifts_each_sample_with_zero_padding():
     assert len(shifts) > 10
 
 
+def test_cutout_blacks_out_one_clipped_square_per_sample():
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (256, 1, 28, 28), dtype=torch.uint8)  # no zeros inside
+    out = augment_batch(images, flip=False, crop_padding=0, cutout=8)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    zeroed = out[:, 0] == 0  # (B, 28, 28)
+    kept = ~zeroed
+    assert torch.equal(out[:, 0][kept], images[:, 0][kept])  # everything else untouched
+    areas = []
+    for mask in zeroed:
+        rows = mask.any(dim=1).nonzero().flatten()
+        cols = mask.any(dim=0).nonzero().flatten()
+        assert len(rows) and len(cols)  # the centre is inside the image: never an empty cut
+        # One axis-aligned rectangle: its bounding box is fully zero, at most 8 x 8.
+        assert mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()
+        assert len(rows) <= 8 and len(cols) <= 8
+        areas.append(int(mask.sum()))
+    # Squares near the border are clipped; most fall fully inside (centre in 4..23 on both axes).
+    assert 64 in areas and min(areas) < 64
+
+
 def test_augmentation_runs_in_a_real_trainer_only_while_training(synthetic_idx_dir, monkeypatch, tmp_path):
     calls: list[bool] = []
     real_augment = data.augment_batch
 
-    def spy(images, flip, crop_padding):
+    def spy(images, *args):
         calls.append(trainer.training)
-        return real_augment(images, flip, crop_padding)
+        return real_augment(images, *args)
 
     monkeypatch.setattr(data, "augment_batch", spy)
     seen: dict[str, list[torch.Tensor]] = {"train": [], "val": []}
@@ -536,6 +558,30 @@ def test_setup_moves_the_tensors_to_the_trainers_device(synthetic_idx_dir):
     assert images.device.type == "meta" and images.shape == (16, 1, 28, 28)
     x, _ = dm.on_after_batch_transfer((images, labels), 0)
     assert x.device.type == "meta" and x.dtype == torch.float32 and x.shape == (16, 1, 28, 28)
+
+
+def test_the_dataset_is_held_once_and_never_copied_per_epoch(synthetic_idx_dir, tmp_path):
+    dm = make_dm(synthetic_idx_dir, batch_size=16, augment_flip=True, augment_crop_padding=2)
+    seen: list[tuple[int, int, int]] = []
+
+    class Storage(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            train, val = trainer.datamodule.train_set, trainer.datamodule.val_set
+            numpy_view = train._numpy[0]  # what __getitems__ gathers from on the CPU
+            seen.append(
+                (
+                    train.images.untyped_storage().data_ptr(),
+                    val.images.untyped_storage().data_ptr(),
+                    numpy_view.__array_interface__["data"][0],
+                )
+            )
+
+    trainer = L.Trainer(**QUIET_TRAINER, max_epochs=3, callbacks=[Storage()], default_root_dir=tmp_path)
+    trainer.fit(FashionCNN(layers=1, filters=2, hidden=8), datamodule=dm)
+    assert len(seen) == 3
+    # Train and validation index one uint8 tensor, the NumPy view shares its memory, and the
+    # same memory serves every epoch: nothing is copied or rebuilt per epoch.
+    assert all(ptrs == (seen[0][0],) * 3 for ptrs in seen)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -611,6 +657,8 @@ def test_default_data_dir_follows_environment(monkeypatch, tmp_path):
         ({"val_size": 60000}, "val_size=60000"),
         ({"augment_crop_padding": -2}, "augment_crop_padding=-2"),
         ({"augment_crop_padding": 28}, "augment_crop_padding=28"),
+        ({"augment_cutout": -1}, "augment_cutout=-1"),
+        ({"augment_cutout": 29}, "augment_cutout=29"),
         ({"eval_batch_size": 0}, "eval_batch_size=0"),
         ({"split_seed": -1}, "split_seed=-1"),
         ({"download": "yes"}, "download='yes'"),

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from fashion_cnn.network import ConvBlock, FashionCNNNet, count_parameters
 
@@ -90,6 +91,13 @@ def test_layer_and_group_norm_definitions() -> None:
         ({"layers": 6, "pool_every": 1}, ["pool after block 5", "1x1"]),
         ({"layers": 2, "pool_after": [3]}, ["pool_after=[3]", "1..2"]),
         ({"hidden": 0}, ["hidden=0"]),
+        ({"layers": 3, "filters": [8, 16]}, ["filters=[8, 16]", "2 widths", "layers=3"]),
+        ({"layers": 2, "filters": [8, 0]}, ["filters[1]=0", ">= 1"]),
+        ({"layers": 2, "filters": "32"}, ["filters='32'"]),
+        (
+            {"layers": 2, "filters": [8, 12], "norm": "group", "norm_groups": 8},
+            ["norm_groups=8", "filters=[8, 12]", "[1, 2, 4]"],
+        ),
     ],
 )
 def test_invalid_settings_name_the_argument(kwargs: dict, fragments: list[str]) -> None:
@@ -97,6 +105,20 @@ def test_invalid_settings_name_the_argument(kwargs: dict, fragments: list[str]) 
         FashionCNNNet(**kwargs)
     for fragment in fragments:
         assert fragment in str(info.value)
+
+
+def test_per_block_widths() -> None:
+    net = FashionCNNNet(layers=3, filters=[4, 8, 16], pool_after=[1, 3], hidden=10, norm="batch")
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 4), (4, 8), (8, 16)]
+    # Convs + BatchNorm (2 per channel) + head from 16 x 7 x 7 features.
+    convs_n = (1 * 9 + 1) * 4 + (4 * 9 + 1) * 8 + (8 * 9 + 1) * 16
+    norms_n = 2 * (4 + 8 + 16)
+    head_n = (16 * 7 * 7 + 1) * 10 + (10 + 1) * 10
+    assert count_parameters(net) == convs_n + norms_n + head_n
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    # A list of equal widths is the same network as the integer.
+    assert count_parameters(FashionCNNNet(filters=[32] * 4)) == count_parameters(FashionCNNNet()) == 832_298
 
 
 def test_instance_norm_limit_is_exact() -> None:

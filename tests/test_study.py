@@ -57,8 +57,15 @@ def test_t_survival_function(t: float, df: float, sf: float) -> None:
     assert _stats.t_sf(t, df) == pytest.approx(sf, rel=1e-10, abs=1e-12)
 
 
-@pytest.mark.parametrize(("q", "df", "quantile"), [(0.975, 2, 4.302652729749), (0.975, 10, 2.228138851986),
-                                                   (0.95, 1, 6.313751514675), (0.975, 1e6, 1.959966)])
+@pytest.mark.parametrize(
+    ("q", "df", "quantile"),
+    [
+        (0.975, 2, 4.302652729749),
+        (0.975, 10, 2.228138851986),
+        (0.95, 1, 6.313751514675),
+        (0.975, 1e6, 1.959966),
+    ],
+)
 def test_t_quantiles_match_tables(q: float, df: float, quantile: float) -> None:
     assert _stats.t_ppf(q, df) == pytest.approx(quantile, rel=1e-6)
 
@@ -122,7 +129,10 @@ def test_planted_true_claims_are_supported() -> None:
     assert _verdict("good beats 0.35 on test/loss").verdict == "supported"
     assert _verdict("good is between 0.25 and 0.35 on test/loss").verdict == "supported"
     two = {"good": GOOD, "bad": BAD}
-    assert evaluate_claim(_claim("good is the best of all variants on test/loss"), two, LOSS).verdict == "supported"
+    assert (
+        evaluate_claim(_claim("good is the best of all variants on test/loss"), two, LOSS).verdict
+        == "supported"
+    )
     assert evaluate_claim(_claim("bad is the worst on test/loss"), two, LOSS).verdict == "supported"
 
 
@@ -233,8 +243,9 @@ def test_invalid_study_files_name_the_key_and_the_fix(tmp_path: Path, change, fr
 
 
 def test_overrides_from_the_command_line() -> None:
-    assert split_overrides(["--trainer.max_epochs", "1", "--trainer.limit_train_batches=20", "--model.lr", "-1"]) == [
-        "--trainer.max_epochs=1", "--trainer.limit_train_batches=20", "--model.lr=-1"]
+    assert split_overrides(
+        ["--trainer.max_epochs", "1", "--trainer.limit_train_batches=20", "--model.lr", "-1"]
+    ) == ["--trainer.max_epochs=1", "--trainer.limit_train_batches=20", "--model.lr=-1"]
     with pytest.raises(StudyError, match="needs a value"):
         split_overrides(["--trainer.max_epochs"])
     with pytest.raises(StudyError, match="use --seeds"):
@@ -319,14 +330,20 @@ def test_tiny_study_end_to_end_with_restart(
     monkeypatch.setattr(cli, "run_experiment", second)
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert sorted(second.calls) == sorted(first.calls[2:3] + [["--seed_everything=1", "--run_name=tiny-four"]])
+    assert sorted(second.calls) == sorted(
+        first.calls[2:3] + [["--seed_everything=1", "--run_name=tiny-four"]]
+    )
     assert "left" in err and "done" in err  # progress with runs done / left and a time estimate
     (parent,) = client.search_runs([exp.experiment_id], "tags.study_role = 'parent'")
     assert parent.info.status == "FINISHED"
     children = _children(client, parent.info.run_id)
     assert len(children) == 4 and done_before <= {r.info.run_id for r in children}
     assert {(r.data.tags["variant"], r.data.tags["seed"]) for r in children} == {
-        ("two", "0"), ("two", "1"), ("four", "0"), ("four", "1")}
+        ("two", "0"),
+        ("two", "1"),
+        ("four", "0"),
+        ("four", "1"),
+    }
     assert all(r.info.status == "FINISHED" and r.data.tags["study"] == "tiny" for r in children)
     assert all(r.data.params["filters"] in ("2", "4") and "test/acc" in r.data.metrics for r in children)
 
@@ -359,20 +376,26 @@ def test_tiny_study_end_to_end_with_restart(
     capsys.readouterr()
 
     # Another study with a variant of the same settings reuses its finished runs, under its own parent.
-    other = _write(workdir, """
+    other = _write(
+        workdir,
+        """
 title: Other
 hypothesis: Six filters beat four.
 variants:
   - {name: six, overrides: {model.filters: 6}}
   - {name: four, overrides: {model.filters: 4}}
 expected: [six beats four on test/acc]
-""", "other.yaml")
+""",
+        "other.yaml",
+    )
     fourth = _Counting(cli.run_experiment)
     monkeypatch.setattr(cli, "run_experiment", fourth)
     assert main(["study", str(other), *TINY, "--seeds", "1"]) == 0
     assert fourth.calls == [["--seed_everything=0", "--run_name=other-six"]]
     assert "reused its results" in capsys.readouterr().err
-    (other_parent,) = client.search_runs([exp.experiment_id], "tags.study = 'other' AND tags.study_role = 'parent'")
+    (other_parent,) = client.search_runs(
+        [exp.experiment_id], "tags.study = 'other' AND tags.study_role = 'parent'"
+    )
     copies = [r for r in _children(client, other_parent.info.run_id) if "reused_from" in r.data.tags]
     assert len(copies) == 1 and copies[0].data.tags["variant"] == "four"
     original = client.get_run(copies[0].data.tags["reused_from"])
@@ -406,10 +429,20 @@ def test_user_errors_are_one_line(workdir: Path, capsys: pytest.CaptureFixture, 
 
 
 def test_training_budget_is_counted_in_images() -> None:
-    resolved = {"trainer": {"max_epochs": 2, "limit_train_batches": 30.0, "limit_val_batches": 4.0,
-                            "limit_test_batches": None}, "data": {"batch_size": 64, "val_size": 5000}}
+    resolved = {
+        "trainer": {
+            "max_epochs": 2,
+            "limit_train_batches": 30.0,
+            "limit_val_batches": 4.0,
+            "limit_test_batches": None,
+        },
+        "data": {"batch_size": 64, "val_size": 5000},
+    }
     assert study._images_per_run(resolved) == (2, 2 * 30 * 64, 4 * 256, 10_000)
     full = {"trainer": {"max_epochs": 3}, "data": {"batch_size": 64, "val_size": 5000}}
     assert study._images_per_run(full) == (3, 3 * 55_000, 5000, 10_000)
-    half = {"trainer": {"max_epochs": 1, "limit_train_batches": 0.5}, "data": {"batch_size": 100, "val_size": 0}}
+    half = {
+        "trainer": {"max_epochs": 1, "limit_train_batches": 0.5},
+        "data": {"batch_size": 100, "val_size": 0},
+    }
     assert study._images_per_run(half)[1] == 300 * 100
