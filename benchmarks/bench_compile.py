@@ -2,6 +2,7 @@
 
     python benchmarks/bench_compile.py                     # four configs, ~10 min on 2 cores
     python benchmarks/bench_compile.py --only ultimate --steps 40
+    python benchmarks/bench_compile.py --fp32              # without bf16 autocast
 
 For each config, the LightningModule is built twice from the config's model section, once with
 ``compile=False`` and once with ``compile=True``, with the precision a CPU run gets by default
@@ -69,8 +70,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per side per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="config names to run")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast, even where it is fast")
     args = parser.parse_args()
-    bf16 = cpu_has_fast_bf16()
+    bf16 = cpu_has_fast_bf16() and not args.fp32
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast: {bf16}")
     print(f"{args.steps} steps x {args.rounds} interleaved rounds per side, median images/s\n")
     columns = [("compile s", 10), ("eager img/s", 13), ("compiled img/s", 16)]
