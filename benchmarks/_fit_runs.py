@@ -32,8 +32,11 @@ class FitRun:
     command: str
 
 
-def fit(config: Path, seed: int, extra: list[str], workdir: Path, log_name: str) -> FitRun:
-    """Run one fit of ``config`` with ``seed``; raise RuntimeError with the log's tail on failure."""
+def fit(config: Path, seed: int, extra: list[str], workdir: Path) -> FitRun:
+    """Run one fit of ``config`` with ``seed`` in ``workdir`` (its output goes to ``fit.log`` there).
+
+    Raises RuntimeError with the log's tail when the command fails.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     args = ["fit", "--config", str(config), "--seed_everything", str(seed), *extra]
     # The console script of this interpreter's environment (pip install -e . puts it there).
@@ -42,7 +45,7 @@ def fit(config: Path, seed: int, extra: list[str], workdir: Path, log_name: str)
         raise RuntimeError("no fashion-cnn command on PATH: run `pip install -e .` first")
     command = [script, *args]
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
-    log = workdir / log_name
+    log = workdir / "fit.log"
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -2,6 +2,9 @@
 
     python benchmarks/bench_accuracy.py configs/fast_baseline.yaml --seeds 0 1 2 --goal 0.91
     python benchmarks/bench_accuracy.py configs/best_under_1m.yaml --seeds 0 1 2 --goal 0.945
+    python benchmarks/bench_accuracy.py configs/debug.yaml --seeds 0 -- --trainer.max_epochs=1
+
+Arguments after ``--`` go to ``fashion-cnn fit`` unchanged.
 
 Each seed is one ``fashion-cnn fit --config CONFIG --seed_everything SEED`` in its own folder with
 its own MLflow store (the CLI tests the best checkpoint after fitting; the figures are read back
@@ -49,9 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--goal", type=float, default=None, help="test accuracy to reach, e.g. 0.945")
     parser.add_argument("--workdir", type=Path, default=None, help="keep runs here (default: a temp dir)")
-    parser.add_argument(
-        "extra", nargs="*", help="further CLI arguments after --, e.g. -- --trainer.max_epochs=1"
-    )
     argv = sys.argv[1:] if argv is None else argv
     # Everything after "--" goes to the CLI unchanged, e.g. -- --trainer.max_epochs=1
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         root = args.workdir or Path(tmp)
         runs = []
         for seed in args.seeds:
-            run = fit(args.config.resolve(), seed, extra, root / f"seed{seed}", "fit.log")
+            run = fit(args.config.resolve(), seed, extra, root / f"seed{seed}")
             print(
                 f"seed {seed}: test acc {run.test_acc * 100:.2f} %, test loss {run.test_loss:.4f}, "
                 f"wall {run.wall_s:.0f} s, peak RSS {run.peak_rss_mb:.0f} MB   ({run.command})",

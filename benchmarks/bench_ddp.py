@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         root = args.workdir or Path(tmp)
         for seed in args.seeds:
             for side, extra in (("single", []), ("ddp", ddp_args)):
-                run = fit(args.config.resolve(), seed, extra, root / f"{side}-seed{seed}", "fit.log")
+                run = fit(args.config.resolve(), seed, extra, root / f"{side}-seed{seed}")
                 results[side].append(run)
                 print(
                     f"seed {seed} {side:6s}: test acc {run.test_acc * 100:.2f} %, test loss "

@@ -171,13 +171,12 @@ def check_config(
         raise ValueError(f"dropout={dropout!r} is outside [0, 1): use e.g. 0.0, 0.1 or 0.5")
     if norm == "group":
         at_least("norm_groups", norm_groups, 1)
-        for width in widths:
-            if width % norm_groups:
-                divisors = [d for d in range(1, width + 1) if all(w % d == 0 for w in widths)]
-                raise ValueError(
-                    f"norm_groups={norm_groups} does not divide filters={filters}: GroupNorm needs "
-                    f"the channels split evenly; use one of {divisors}"
-                )
+        if any(width % norm_groups for width in widths):
+            divisors = [d for d in range(1, min(widths) + 1) if all(w % d == 0 for w in widths)]
+            raise ValueError(
+                f"norm_groups={norm_groups} does not divide filters={filters}: GroupNorm needs the "
+                f"channels split evenly; use one of {divisors}"
+            )
     at_least("pool_every", pool_every, 0)
     positions = pool_positions(layers, pool_every, pool_after)
     bad = [p for p in positions if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= layers]

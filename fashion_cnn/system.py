@@ -248,7 +248,8 @@ class FashionCNN(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        # The same value on every DDP rank; sync_dist (one all-reduce per epoch) keeps it so.
+        # The same value on every DDP rank; sync_dist only silences Lightning's warning about
+        # epoch-level values logged without it (one all-reduce per epoch).
         self.log("lr", float(lr), on_step=False, on_epoch=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:

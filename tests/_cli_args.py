@@ -1,4 +1,4 @@
-"""CLI arguments and the console-script runner shared by the tests that run real fits."""
+"""Helpers shared by the tests that train: CLI arguments, the console-script runner, a quiet Trainer."""
 
 import os
 import shutil
@@ -35,9 +35,8 @@ def run_console_script(cwd, *args: str, data_dir) -> subprocess.CompletedProcess
     return subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-# A Trainer for tests that only need the fit loop: no logger, checkpoints, bar or summary.
+# Trainer arguments for tests that only need the loops: no logger, checkpoints, bar or summary.
 QUIET_TRAINER = {
-    "accelerator": "cpu",
     "logger": False,
     "enable_checkpointing": False,
     "enable_progress_bar": False,

@@ -519,15 +519,12 @@ def test_augmentation_runs_in_a_real_trainer_only_while_training(synthetic_idx_d
 
     dm = make_dm(synthetic_idx_dir, batch_size=16, augment_flip=True, augment_crop_padding=2)
     trainer = L.Trainer(
+        **QUIET_TRAINER,
         accelerator="cpu",
         max_epochs=1,
         limit_train_batches=3,
         limit_val_batches=1,
         num_sanity_val_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(Recorder(), datamodule=dm)
@@ -576,7 +573,9 @@ def test_the_dataset_is_held_once_and_never_copied_per_epoch(synthetic_idx_dir, 
                 )
             )
 
-    trainer = L.Trainer(**QUIET_TRAINER, max_epochs=3, callbacks=[Storage()], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        **QUIET_TRAINER, accelerator="cpu", max_epochs=3, callbacks=[Storage()], default_root_dir=tmp_path
+    )
     trainer.fit(FashionCNN(layers=1, filters=2, hidden=8), datamodule=dm)
     assert len(seen) == 3
     # Train and validation index one uint8 tensor, the NumPy view shares its memory, and the

@@ -40,6 +40,7 @@ def test_ddp_two_processes_share_the_epoch(tmp_path: Path, synthetic_idx_dir) ->
     model = FashionCNN(layers=2, filters=4, hidden=16, norm="batch")
     trainer = L.Trainer(
         **QUIET_TRAINER,
+        accelerator="cpu",
         devices=2,
         strategy="ddp_fork",
         max_epochs=2,

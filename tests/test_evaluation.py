@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from _cli_args import TINY
+from _cli_args import QUIET_TRAINER, TINY
 from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import (
@@ -118,11 +118,8 @@ def test_callback_on_a_plain_trainer(
     )  # 4 test batches
     out = tmp_path / "report"
     trainer = L.Trainer(
-        logger=False,
+        **QUIET_TRAINER,
         callbacks=[ev.EvaluationReport(str(out), max_mistakes=6)],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
     )
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
 
@@ -216,11 +213,8 @@ def test_without_matplotlib_the_numbers_still_come(
     model = FashionCNN(layers=2, filters=4, hidden=16, pool_every=1)
     datamodule = FashionMNISTDataModule(source_dir=str(synthetic_idx_dir.source_dir), val_size=40)
     trainer = L.Trainer(
-        logger=False,
+        **QUIET_TRAINER,
         callbacks=[ev.EvaluationReport(str(tmp_path / "report"))],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
     )
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
     assert [p.name for p in (tmp_path / "report").iterdir()] == ["per_class.csv"]
@@ -248,14 +242,11 @@ def test_ddp_report_equals_single_process(tmp_path: Path) -> None:
     results = {}
     for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
         trainer = L.Trainer(
+            **QUIET_TRAINER,
             accelerator="cpu",
             devices=devices,
             strategy=strategy,
-            logger=False,
             callbacks=[ev.EvaluationReport(str(tmp_path / str(devices)), max_mistakes=5)],
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
         )
         (results[devices],) = trainer.test(model, dataloaders=DataLoader(data, batch_size=8), verbose=False)
     assert results[2]["test/ece"] == pytest.approx(results[1]["test/ece"], abs=1e-7)

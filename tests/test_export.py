@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from _cli_args import QUIET_TRAINER
 
 from fashion_cnn import FashionCNN, FashionMNISTDataModule
 from fashion_cnn.cli import main
@@ -144,12 +145,9 @@ def test_onnx_matches_pytorch_on_the_real_test_set(ort, real_data_dir: Path, tmp
     model = FashionCNN(layers=2, filters=8, hidden=64, norm="batch", dropout=0.1, pool_every=1)
     datamodule = FashionMNISTDataModule(data_dir=str(real_data_dir), download=False, val_size=0)
     trainer = L.Trainer(
+        **QUIET_TRAINER,
         max_steps=30,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(model, datamodule=datamodule)
     ckpt = tmp_path / "model.ckpt"
