@@ -23,7 +23,8 @@ from pathlib import Path
 
 from _fit_runs import FitRun, fit, machine
 
-from fashion_cnn._stats import mean_ci
+from fashion_cnn.configs import resolve_config
+from fashion_cnn.study.verdicts import mean_ci
 
 
 def summarise(label: str, runs: list[FitRun], goal: float | None) -> None:
@@ -48,7 +49,7 @@ def summarise(label: str, runs: list[FitRun], goal: float | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", type=Path)
+    parser.add_argument("config", type=str, help="a config file or packaged name")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--goal", type=float, default=None, help="test accuracy to reach, e.g. 0.945")
     parser.add_argument("--workdir", type=Path, default=None, help="keep runs here (default: a temp dir)")
@@ -62,14 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         root = args.workdir or Path(tmp)
         runs = []
         for seed in args.seeds:
-            run = fit(args.config.resolve(), seed, extra, root / f"seed{seed}")
+            run = fit(resolve_config(args.config).resolve(), seed, extra, root / f"seed{seed}")
             print(
                 f"seed {seed}: test acc {run.test_acc * 100:.2f} %, test loss {run.test_loss:.4f}, "
                 f"wall {run.wall_s:.0f} s, peak RSS {run.peak_rss_mb:.0f} MB   ({run.command})",
                 flush=True,
             )
             runs.append(run)
-        summarise(args.config.stem, runs, args.goal)
+        summarise(Path(args.config).stem, runs, args.goal)
     return 0
 
 

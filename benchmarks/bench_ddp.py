@@ -23,17 +23,17 @@ from pathlib import Path
 import yaml
 from _fit_runs import FitRun, fit, machine
 
-from fashion_cnn._stats import mean_ci, welch
-
-REPO = Path(__file__).resolve().parents[1]
+from fashion_cnn.configs import resolve_config
+from fashion_cnn.study.verdicts import mean_ci, welch
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", type=Path, nargs="?", default=REPO / "configs" / "fast_baseline.yaml")
+    parser.add_argument("config", type=str, nargs="?", default="configs/fast_baseline.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", type=Path, default=None, help="keep runs here (default: a temp dir)")
     args = parser.parse_args(argv)
+    args.config = resolve_config(args.config).resolve()
 
     batch = (yaml.safe_load(args.config.read_text()).get("data") or {}).get("batch_size", 64)
     if batch % 2:

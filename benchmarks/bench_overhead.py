@@ -25,11 +25,12 @@ import torch
 from torch.nn import functional as F
 
 from fashion_cnn import FashionCNN, FashionMNISTDataModule
-from fashion_cnn.cli import default_progress_bar
+from fashion_cnn.checkpoints import RunCheckpoint
 from fashion_cnn.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_batch
+from fashion_cnn.experiment import default_progress_bar
 from fashion_cnn.seeding import EpochSeed
 from fashion_cnn.speed import fast_precision
-from fashion_cnn.tracking import MLflowLogger, RunCheckpoint, RunIdInCheckpoint
+from fashion_cnn.tracking import MLflowLogger, RunIdInCheckpoint
 
 MODEL = dict(layers=4, filters=32, norm="batch", dropout=0.1)
 

@@ -26,12 +26,9 @@ import numpy as np
 import torch
 
 from fashion_cnn import _io
+from fashion_cnn.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-class DataError(RuntimeError):
-    """The Fashion-MNIST data cannot be found, verified, written or read."""
 
 
 @dataclass(frozen=True)

@@ -1,463 +1,310 @@
-"""The ``fashion-cnn`` command line and :func:`run_experiment`, its Python twin.
+"""The ``fashion-cnn`` command: one parser for every subcommand, and user errors as one clear line.
 
-``fashion-cnn fit --config configs/ultimate.yaml`` builds :class:`~fashion_cnn.FashionCNN`, the
-:class:`~fashion_cnn.FashionMNISTDataModule` and a Lightning ``Trainer`` from the config, tracks the
-run in MLflow, tests the best checkpoint when training ends, and files checkpoints under
-``<output_dir>/<run name>/<run id>/checkpoints``. The logic lives in :class:`FashionCLI`; ``main``
-only turns user errors into one clear line and an exit status.
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's (:class:`FashionCLI`); ``study``,
+``export``, ``sweep`` and ``configs`` are typed functions below, registered as subcommands of the
+same parser. So ``fashion-cnn --help`` lists them all and every one takes ``--config`` and
+``--print_config`` with snake_case options. This is the only module that prints or exits; the
+library it calls logs and raises.
 """
 
 from __future__ import annotations
 
-import csv
-import importlib
 import logging
-import os
+import re
+import shlex
 import sys
-import tempfile
-import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn
 
-import torch
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import MLFlowLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from jsonargparse import ArgumentParser as JsonArgumentParser
+from jsonargparse import capture_parser
 
-from fashion_cnn import __version__
-from fashion_cnn._io import atomic_write
-from fashion_cnn.data import DataError, FashionMNISTDataModule
-from fashion_cnn.evaluation import EvaluationReport
-from fashion_cnn.seeding import EpochSeed
-from fashion_cnn.speed import fast_precision
-from fashion_cnn.system import FashionCNN, NonFiniteLossError
-from fashion_cnn.tracking import (
-    BEST_CHECKPOINT_TAG,
-    RUN_ID_KEY,
-    LogConfigToMLflow,
-    RunCheckpoint,
-    RunIdInCheckpoint,
-)
+from fashion_cnn.configs import ConfigFileAction
+from fashion_cnn.errors import Interrupted, UserError
+from fashion_cnn.experiment import TRAINER_SUBCOMMANDS, ArgumentParser, FashionCLI, run_cli, run_experiment
+
+__all__ = ["main", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
-# run_experiment passes args while the calling program has its own sys.argv: that is intended.
-warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
-# Defaults every run gets unless the config says otherwise; the journal trained for 3 epochs.
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "max_epochs": 3,
-    "logger": {"class_path": "fashion_cnn.tracking.MLflowLogger"},
-    "callbacks": [RunIdInCheckpoint(), EpochSeed(), EvaluationReport()],
-}
+# --------------------------------------------------------------------------------------------
+# The subcommands beside LightningCLI's: typed functions whose signatures become the options
 
 
-def default_progress_bar() -> TQDMProgressBar:
-    """The progress bar of every run: redrawn every 10 steps instead of every step, which alone
-    cost ~1 ms per step (3 % of a CPU training step) in benchmarks/bench_overhead.py."""
-    return TQDMProgressBar(refresh_rate=10)
+def study(
+    studies: list[str],
+    seeds: int | list[int] | None = None,
+    output_dir: str | None = None,
+    experiment: str = "fashion-cnn-studies",
+    combined_report: str | None = None,
+    dry_run: bool = False,
+    report_only: bool = False,
+    reuse: bool = True,
+    executor: Literal["serial", "ray"] = "serial",
+    workers: int | None = None,
+    run_cpus: int | None = None,
+    run_gpus: float = 0.0,
+    ray_address: str | None = None,
+    max_retries: int = 2,
+    model: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    trainer: dict[str, Any] | None = None,
+    checkpoint: dict[str, Any] | None = None,
+) -> int:
+    """Run every variant x seed of one or more studies and judge their claims.
 
-
-class UserError(Exception):
-    """A problem the user can fix (bad path, unusable checkpoint); reported without a traceback."""
-
-
-class _Parser(LightningArgumentParser):
-    """Reports a bad argument in two lines (the problem, where to look) instead of the whole usage."""
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if not self.exit_on_error:
-            super().error(message, ex)
-        self._logger.error(message)
-        parser = getattr(ex, "subcommand_parser", None) or self
-        prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"fashion-cnn: error: {message.strip()}\nSee `{prog} --help` for the options.\n")
-        sys.exit(2)
-
-
-class FashionCLI(LightningCLI):
-    """LightningCLI over FashionCNN and FashionMNISTDataModule with MLflow tracking.
-
-    Extra top-level options: ``--run_name`` (default: the config file's name), ``--output_dir``
-    (where checkpoints and predictions go, default ``runs``), ``--test_after_fit`` (default true),
-    ``--predictions_file`` and the ``--checkpoint.*`` options of :class:`RunCheckpoint`.
-    """
-
-    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
-        self._checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, once read
-        super().__init__(
-            FashionCNN,
-            FashionMNISTDataModule,
-            save_config_callback=LogConfigToMLflow,
-            trainer_defaults=TRAINER_DEFAULTS,
-            seed_everything_default=True,
-            parser_kwargs={"version": __version__},
-            parser_class=_Parser,
-            args=list(args) if args is not None else None,
-            run=run,
-            auto_configure_optimizers=False,
-        )
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--run_name",
-            type=str | None,
-            default=None,
-            help="Run name prefix in MLflow and under output_dir (default: the config file's name).",
-        )
-        parser.add_argument(
-            "--output_dir",
-            type=str,
-            default="runs",
-            help="Root folder for checkpoints (<output_dir>/<run name>/<run id>/checkpoints).",
-        )
-        parser.add_argument(
-            "--test_after_fit",
-            type=bool,
-            default=True,
-            help="After fit, evaluate the best checkpoint on the test set and log test/* metrics.",
-        )
-        parser.add_argument(
-            "--predictions_file",
-            type=str | None,
-            default=None,
-            help="CSV written by predict (default: <output_dir>/<run name>-predictions.csv).",
-        )
-        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/acc",
-                "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "best-epoch{epoch:02d}",
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
-        # What the data decides is linked, never typed twice.
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments(
-            "data.input_shape", "model.in_channels", compute_fn=_channels, apply_on="instantiate"
-        )
-        parser.link_arguments(
-            "data.input_shape", "model.image_size", compute_fn=_height, apply_on="instantiate"
-        )
-
-    def _prepare_subcommand_parser(
-        self, klass: type, subcommand: str, **kwargs: Any
-    ) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        # Checkpoints are loaded without executing code; ours hold only tensors and plain values.
-        if "weights_only" in self._subcommand_method_arguments.get(subcommand, []):
-            parser.set_defaults(weights_only=True)
-        return parser
-
-    def _parse_ckpt_path(self) -> None:
-        # Lightning unpickles ckpt_path here to read the model's hyperparameters. Check the file
-        # first, so a wrong path or a non-checkpoint gets a message that names it.
-        sub = self.config.get("subcommand")
-        if sub:
-            ckpt = self.config[sub].get("ckpt_path")
-            if sub == "fit" and ckpt == "last":
-                ckpt = str(self._find_last_checkpoint())
-                self.config[sub].ckpt_path = ckpt
-            if ckpt and ckpt not in ("last", "best"):
-                # Kept: fit reads the MLflow run id from it (_run_to_resume) without a reload.
-                self._checkpoint = read_checkpoint(ckpt)
-        super()._parse_ckpt_path()
-
-    def before_instantiate_classes(self) -> None:
-        sub = self.config[self.subcommand]
-        run_name = _run_name(sub)
-        if self.subcommand != "fit":
-            run_name += f"-{self.subcommand}"
-        sub.checkpoint.root = sub.output_dir
-        if sub.trainer.get("precision") is None:
-            # bf16 autocast where the hardware computes bf16 natively (2-2.5x on an AVX512-BF16
-            # CPU); fp32 elsewhere, so no machine gets slower by default.
-            sub.trainer.precision = fast_precision(_resolve_accelerator(sub.trainer.get("accelerator")))
-        _check_writable(Path(sub.output_dir), "--output_dir")
-        logger = sub.trainer.get("logger")
-        if isinstance(logger, Mapping) or hasattr(logger, "init_args"):
-            init = logger.init_args
-            if "run_name" in init and init.run_name is None:
-                init.run_name = run_name
-            if self.subcommand == "fit" and self._checkpoint is not None and "run_id" in init:
-                init.run_id = init.run_id or self._run_to_resume(sub.ckpt_path, init)
-        self._run_name = run_name
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
-        wanted = config.get("enable_progress_bar") is not False
-        given = [*(config.get("callbacks") or []), *callbacks]
-        if wanted and not any(isinstance(c, ProgressBar) for c in given):
-            callbacks = [*callbacks, default_progress_bar()]
-        return super()._instantiate_trainer(config, callbacks)
-
-    def instantiate_trainer(self, **kwargs: Any) -> Any:
-        trainer = super().instantiate_trainer(**kwargs)
-        _ACTIVE.append(trainer)
-        return trainer
-
-    def before_fit(self) -> None:
-        logger = self.trainer.logger
-        if isinstance(logger, MLFlowLogger) and logger._run_id is not None and hasattr(logger, "reopen"):
-            logger.reopen()
-
-    def after_fit(self) -> None:
-        sub = self.config[self.subcommand]
-        callback = self.trainer.checkpoint_callback
-        best = getattr(callback, "best_model_path", "") or ""
-        if self.trainer.interrupted:
-            return
-        if sub.test_after_fit and self.trainer.limit_test_batches != 0:
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
-        logger = self.trainer.logger
-        if best and isinstance(logger, MLFlowLogger) and self.trainer.is_global_zero:
-            logger.experiment.log_artifact(logger.run_id, best, "checkpoints")
-            logger.experiment.set_tag(logger.run_id, BEST_CHECKPOINT_TAG, str(Path(best).resolve()))
-
-    def after_predict(self) -> None:
-        sub = self.config[self.subcommand]
-        predictions = self.trainer.predict_loop.predictions
-        if not predictions or not self.trainer.is_global_zero:
-            return
-        path = Path(sub.predictions_file or Path(sub.output_dir) / f"{self._run_name}-predictions.csv")
-        write_predictions(path, predictions, self.datamodule)
-        log.info("wrote %s", path)
-        sys.stderr.write(f"predictions written to {path}\n")
-
-    def _find_last_checkpoint(self) -> Path:
-        sub = self.config["fit"]
-        pattern = f"{_run_name(sub)}/*/checkpoints/last.ckpt"
-        found = sorted(Path(sub.output_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
-        if not found:
-            # Interrupted before the first epoch ended: the partial epoch is all there is.
-            partial = pattern.replace("last.ckpt", "interrupted.ckpt")
-            found = sorted(Path(sub.output_dir).glob(partial), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise UserError(
-                f"--ckpt_path last: no checkpoint matches {Path(sub.output_dir) / pattern}. Resume "
-                "with the same config, seed_everything and output_dir as the interrupted run, or "
-                "pass the checkpoint's path."
-            )
-        return found[-1]
-
-    def _run_to_resume(self, ckpt_path: str, logger_args: Any) -> str | None:
-        run_id = self._checkpoint.get(RUN_ID_KEY)
-        if run_id is None:
-            return None
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
-
-        from fashion_cnn.tracking import resolve_tracking_uri
-
-        try:
-            MlflowClient(resolve_tracking_uri(logger_args.get("tracking_uri"))).get_run(run_id)
-        except MlflowException:
-            log.warning("run %s of %s is not in this tracking store; starting a new run", run_id, ckpt_path)
-            return None
-        return run_id
-
-
-def _resolve_accelerator(accelerator: Any) -> str:
-    """What Lightning's "auto" will pick: cuda, then mps, then cpu."""
-    if isinstance(accelerator, str) and accelerator != "auto":
-        return accelerator
-    if torch.cuda.is_available():
-        return "gpu"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def _check_writable(folder: Path, option: str) -> None:
-    """Fail before training, not after the first epoch, when checkpoints could not be written."""
-    # Nothing is created here (a config error found later must leave no folder behind): the
-    # nearest existing ancestor must be a writable folder.
-    existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    problem = None
-    if not existing.is_dir():
-        problem = f"{existing} is not a folder"
-    else:
-        try:  # a real write: os.access says yes to root even where nothing can be written
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-        except OSError as exc:
-            problem = f"{existing}: {exc.strerror or exc}"
-    if problem:
-        raise UserError(
-            f"{option} {folder} cannot be written ({problem}); pass a folder you can write to, "
-            f"e.g. {option} ./runs"
-        )
-
-
-def _channels(shape: tuple[int, int, int]) -> int:
-    return shape[0]
-
-
-def _height(shape: tuple[int, int, int]) -> int:
-    return shape[1]
-
-
-def _run_name(sub: Any) -> str:
-    """``<run_name or config file name>-seed<seed>``: names the MLflow run and its folder."""
-    name = sub.run_name or _config_stem(sub.get("config")) or "fashion-cnn"
-    return f"{name}-seed{sub.seed_everything}"
-
-
-def _config_stem(configs: Any) -> str | None:
-    if not configs:
-        return None
-    last = configs[-1]
-    path = getattr(last, "relative", None) or getattr(last, "absolute", None) or str(last)
-    return Path(str(path)).stem
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a Lightning checkpoint without executing code, or raise ``UserError`` naming the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"checkpoint {p} does not exist; pass the path of a .ckpt file")
-    try:
-        checkpoint = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types; all mean the same here
-        raise UserError(
-            f"{p} is not a readable checkpoint ({type(exc).__name__}); pass a .ckpt written by "
-            "fashion-cnn fit"
-        ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise UserError(
-            f"{p} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by fashion-cnn fit"
-        )
-    hparams = checkpoint.get("hyper_parameters", {})
-    if "layers" not in hparams or "filters" not in hparams:
-        raise UserError(
-            f"{p} is a checkpoint of another model (its hyperparameters have no layers/filters); "
-            "pass a checkpoint written by fashion-cnn fit"
-        )
-    return checkpoint
-
-
-def write_predictions(path: Path, predictions: list[dict[str, torch.Tensor]], datamodule: Any) -> None:
-    """CSV: item (file name or test index), predicted class, confidence, one column per class."""
-    names = list(getattr(datamodule, "class_names", [str(i) for i in range(10)]))
-    items = list(getattr(datamodule, "predict_names", []))
-    with atomic_write(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["item", "predicted", "confidence", *[f"p_{n}" for n in names]])
-        for batch in predictions:
-            probs = batch["probs"].cpu()
-            preds = batch["preds"].cpu()
-            index = batch.get("index")
-            for row in range(len(preds)):
-                i = int(index[row]) if index is not None else row
-                item = items[i] if i < len(items) else str(i)
-                p = probs[row]
-                writer.writerow(
-                    [item, names[int(preds[row])], f"{float(p.max()):.6f}", *[f"{float(v):.6f}" for v in p]]
-                )
-
-
-_RESUME_HINT = (
-    "Resume with the same command plus `--ckpt_path last` (last.ckpt: the last full epoch; "
-    "interrupted.ckpt: the partial epoch)."
-)
-
-# Trainers built by this process, newest last, so that an error can end their MLflow run.
-_ACTIVE: list[Any] = []
-
-
-@dataclass
-class RunResult:
-    """What :func:`run_experiment` returns."""
-
-    run_id: str | None
-    metrics: dict[str, float] = field(default_factory=dict)
-    best_checkpoint: str | None = None
-    run_name: str | None = None
-
-
-def run_experiment(
-    config: str | os.PathLike[str] | None = None,
-    overrides: Sequence[str] | Mapping[str, Any] = (),
-    subcommand: str = "fit",
-) -> RunResult:
-    """Run one CLI subcommand from Python and return its MLflow run id and final metrics.
+    Each variant and seed is an MLflow child run of the study's parent run; finished runs are
+    skipped on a rerun and identical runs reused. A report (report.md, figures, results.json) is
+    written per study.
 
     Args:
-        config: A YAML config (as for ``--config``), or None for the defaults.
-        overrides: Further CLI arguments, either as strings (``["--trainer.max_epochs=1"]``) or
-            as a mapping of dotted keys to values (``{"trainer.max_epochs": 1}``).
-        subcommand: fit, validate, test or predict.
-
-    Raises:
-        UserError, ValueError, DataError: For bad input, like the CLI reports them.
-        SystemExit: From the argument parser, for unknown keys or values of the wrong type.
+        studies: Study files (paths, or packaged names: studies/dropout); docs/studies.md.
+        seeds: Seed count (5: seeds 0-4) or list ([0,1,7]); default: each study's own.
+        output_dir: Report folder (default studies/<name>; with several studies, OUTPUT_DIR/<name>).
+            Each run's checkpoints and log go under it.
+        experiment: MLflow experiment of the parent and child runs.
+        combined_report: Also write one Markdown document over all the studies to this file.
+        dry_run: Show the plan; run nothing.
+        report_only: Write the reports from the runs already finished; run nothing.
+        reuse: Copy a finished run with the same resolved config and seed instead of training.
+        executor: serial (one run after another in this process) or ray (runs in parallel).
+        workers: Runs at once on Ray (local Ray default: every core / run_cpus).
+        run_cpus: CPUs (and torch threads) per run (serial default: all; ray default: 1).
+        run_gpus: GPUs per run on Ray; 0.25 puts four runs on each GPU.
+        ray_address: An existing Ray cluster (auto, host:port); default: start a local Ray.
+        max_retries: How often Ray restarts a run whose worker or node died.
+        model: Model settings for every run, e.g. --model.dropout 0.3.
+        data: Data settings for every run, e.g. --data.batch_size 128.
+        trainer: Trainer settings for every run, e.g. --trainer.max_epochs 1.
+        checkpoint: Checkpoint settings for every run, e.g. --checkpoint.save_last false.
     """
-    args = [subcommand]
-    if config is not None:
-        args += ["--config", str(config)]
-    if isinstance(overrides, Mapping):
-        import json
+    from fashion_cnn.errors import ConfigError, StudyError
+    from fashion_cnn.experiment import ConfigResolver
+    from fashion_cnn.study import ConsoleProgress, make_executor, override_args, run_overrides, run_studies
+    from fashion_cnn.study.spec import parse_seeds
 
-        args += [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
-    else:
-        args += list(overrides)
-    cli = FashionCLI(args=args)
-    trainer = cli.trainer
-    logger = trainer.logger
-    result = RunResult(run_id=None, run_name=getattr(cli, "_run_name", None))
-    callback = trainer.checkpoint_callback
-    result.best_checkpoint = getattr(callback, "best_model_path", None) or None
-    if isinstance(logger, MLFlowLogger):
-        result.run_id = logger.run_id
-        result.metrics = dict(logger.experiment.get_run(logger.run_id).data.metrics)
-    else:
-        result.metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return result
+    groups = {"model": model, "data": data, "trainer": trainer, "checkpoint": checkpoint}
+    overrides = override_args(run_overrides(groups))
+    chosen = parse_seeds(seeds, "--seeds") if seeds is not None else None
+    runner = make_executor(executor, workers, run_cpus, run_gpus, ray_address, max_retries)
+    resolver = ConfigResolver()
+    try:  # the per-run settings are checked now, by the CLI's own parser, not when a run starts
+        resolver.resolve(None, overrides)
+    except ConfigError as exc:
+        raise StudyError(f"per-run settings {' '.join(overrides)}: {exc}") from None
+    run_studies(
+        studies,
+        overrides=overrides,
+        seeds=chosen,
+        output=output_dir,
+        experiment=experiment,
+        dry_run=dry_run,
+        report_only=report_only,
+        reuse=reuse,
+        combined_report=combined_report,
+        command=_study_command(studies, locals()),
+        executor=runner,
+        progress=ConsoleProgress(sys.stderr),
+        resolver=resolver,
+    )
+    return 0
 
 
-def _end_open_runs(status: str) -> None:
-    """Mark MLflow runs this process left RUNNING as ``status``."""
-    while _ACTIVE:
-        trainer = _ACTIVE.pop()
-        logger = getattr(trainer, "logger", None)
-        if not isinstance(logger, MLFlowLogger) or not logger._initialized or logger._run_id is None:
+def _study_command(studies: list[str], given: dict[str, Any]) -> str:
+    """The study command line as run, canonical: files, then every option that is not its default."""
+    import inspect
+
+    words = ["fashion-cnn", "study", *studies]
+    for name, param in inspect.signature(study).parameters.items():
+        value = given.get(name)
+        if name == "studies" or value == param.default:
             continue
-        try:
-            client = logger.experiment
-            if client.get_run(logger.run_id).info.status == "RUNNING":
-                client.set_terminated(logger.run_id, status)
-        except Exception:  # the store itself may be what failed; nothing more to do
-            log.debug("could not mark run %s %s", logger._run_id, status, exc_info=True)
+        if isinstance(value, dict):
+            words += [w for key, v in value.items() for w in (f"--{name}.{key}", _word(v))]
+        else:
+            words += [f"--{name}", _word(value)]
+    return shlex.join(words)
 
 
-def _active_tracking_uri() -> str:
-    for trainer in reversed(_ACTIVE):
-        logger = getattr(trainer, "logger", None)
-        if isinstance(logger, MLFlowLogger):
-            return logger._tracking_uri
-    return os.environ.get("MLFLOW_TRACKING_URI") or "the configured tracking URI"
+def _word(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)
 
 
-def _describe(exc: BaseException) -> str | None:
+def export(ckpt_path: str, output_file: str = "model.onnx", opset: int = 18) -> int:
+    """Export a checkpoint to ONNX: uint8 pixels (B, 1, 28, 28) in, logits and probs out.
+
+    Args:
+        ckpt_path: A checkpoint (.ckpt) written by fashion-cnn fit.
+        output_file: The ONNX file to write (written only once onnxruntime reproduces PyTorch).
+        opset: ONNX opset of the file.
+    """
+    from fashion_cnn.export import INPUT_NAME, export_onnx
+
+    path = export_onnx(ckpt_path, output_file, opset)
+    sys.stderr.write(f"exported {path}: input {INPUT_NAME} uint8 (B, 1, 28, 28), outputs logits, probs\n")
+    return 0
+
+
+def configs(copy: str | None = None, force: bool = False) -> int:
+    """List the configs shipped with the package, or copy them out for editing.
+
+    Args:
+        copy: Copy every packaged config (and the studies/ and sweeps/ folders) into this folder.
+        force: Overwrite files of the same name in the --copy folder.
+    """
+    from fashion_cnn.configs import copy_configs, packaged_configs
+
+    if copy is not None:
+        written = copy_configs(copy, force)
+        sys.stderr.write(f"copied {len(written)} configs to {copy}\n")
+        return 0
+    found = packaged_configs()
+    width = max(len(c.name) for c in found)
+    for c in found:
+        sys.stdout.write(f"{c.name:<{width}}  {c.description}\n")
+    sys.stdout.write(
+        "\nUse one with --config configs/<name>.yaml (or just <name>); copy them out with "
+        "`fashion-cnn configs --copy DIR`.\n"
+    )
+    return 0
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A subcommand that is a function, not a Trainer method."""
+
+    function: Callable[..., int]
+    help: str
+    positional: tuple[str, ...] = ()
+
+
+def _tools() -> dict[str, Tool]:
+    tools = {
+        "study": Tool(study, "Run hypothesis studies: variants x seeds, with verdicts.", ("studies",)),
+        "export": Tool(export, "Export a checkpoint to ONNX."),
+        "configs": Tool(configs, "List or copy the packaged configs."),
+    }
+    try:
+        from fashion_cnn.sweep.command import sweep
+    except ImportError:  # pragma: no cover - the sweep package is part of the distribution
+        return tools
+    tools["sweep"] = Tool(sweep, "Search hyperparameters with Optuna (pruning, resumable, many workers).")
+    return tools
+
+
+# --------------------------------------------------------------------------------------------
+# The parser
+
+
+class ConsoleParser(ArgumentParser):
+    """The console's parser: a bad argument is two lines on stderr and exit status 2.
+
+    The top-level parser also registers the tool subcommands next to LightningCLI's.
+    """
+
+    def add_subcommands(self, *args: Any, **kwargs: Any) -> Any:
+        action = super().add_subcommands(*args, **kwargs)
+        for name, tool in _tools().items():
+            action.add_subcommand(name, _tool_parser(name, tool), help=tool.help)
+        return action
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        text = " ".join(message.split())
+        # "required: export.ckpt_path" names the option as typed: "--ckpt_path" of "fashion-cnn export".
+        missing = re.match(r"the following arguments are required: (\w+)\.(.+)", text)
+        tools = _tools()
+        if missing and missing.group(1) in {*TRAINER_SUBCOMMANDS, *tools}:
+            sub, keys = missing.groups()
+            positional = tools[sub].positional if sub in tools else ()
+            names = [k.strip().removeprefix(sub + ".") for k in keys.split(",")]
+            text = "missing " + ", ".join(n if n in positional else f"--{n}" for n in names)
+            prog = f"fashion-cnn {sub}"
+        sys.stderr.write(f"fashion-cnn: error: {text}\nSee `{prog} --help` for the options.\n")
+        raise SystemExit(2)
+
+
+class _ToolParser(JsonArgumentParser):
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        ConsoleParser.error(self, message, ex)  # type: ignore[arg-type]
+
+
+def _tool_parser(name: str, tool: Tool) -> JsonArgumentParser:
+    parser = _ToolParser(
+        prog=f"fashion-cnn {name}", description=(tool.function.__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("-c", "--config", action=ConfigFileAction, help="A YAML file of these options.")
+    for positional in tool.positional:
+        parser.add_argument(positional, nargs="+", type=str, help=_arg_help(tool.function, positional))
+    parser.add_function_arguments(tool.function, skip=set(tool.positional))
+    return parser
+
+
+def _arg_help(function: Callable[..., Any], name: str) -> str:
+    doc = function.__doc__ or ""
+    marker = f"{name}: "
+    start = doc.find(marker)
+    return " ".join(doc[start + len(marker) :].split("\n")[0].split()) if start >= 0 else ""
+
+
+def build_parser() -> JsonArgumentParser:
+    """The whole ``fashion-cnn`` parser (LightningCLI's, with the tools added), without running."""
+    return capture_parser(lambda: FashionCLI(args=[], parser_class=ConsoleParser))
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fashion-cnn`` console script; returns the exit status.
+
+    0 done; 2 a user error (one ``fashion-cnn: error: ...`` line); 130 interrupted by Ctrl+C and
+    143 by SIGTERM (finished work kept, the command to continue printed).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config = build_parser().parse_args(args)  # --help, --print_config, bad arguments: exit here
+        name = config.subcommand
+        if name not in TRAINER_SUBCOMMANDS:
+            tool = _tools()[name]
+            options = {k: v for k, v in config[name].items() if k not in ("config", "__path__")}
+            return tool.function(**options)
+        run_cli(args, parser_class=ConsoleParser)
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Interrupted as exc:
+        sys.stderr.write(f"fashion-cnn: {exc}\n")
+        return 143 if exc.signal_name == "SIGTERM" else 130
+    except KeyboardInterrupt:
+        sys.stderr.write("fashion-cnn: interrupted\n")
+        return 130
+    except Exception as exc:
+        message = describe(exc)
+        if message is None:
+            raise
+        sys.stderr.write(f"fashion-cnn: error: {message}\n")
+        return 2
+
+
+def describe(exc: BaseException) -> str | None:
     """One line for a user error, or None for a bug (which keeps its traceback)."""
     from mlflow.exceptions import MlflowException
 
-    if isinstance(
-        exc, (UserError, DataError, NonFiniteLossError, ValueError, FileNotFoundError, PermissionError)
-    ):
-        return str(exc)
+    if isinstance(exc, (UserError, ValueError, FileNotFoundError, PermissionError)):
+        return " ".join(str(exc).split())
     if isinstance(exc, MlflowException):
-        uri = _active_tracking_uri()
         return (
-            f"MLflow tracking failed ({uri}): {exc.message.splitlines()[0]}. Start the tracking "
-            "server or point MLFLOW_TRACKING_URI / --trainer.logger.init_args.tracking_uri at a "
-            "reachable store (the default is sqlite:///mlflow.db in this folder)."
+            f"MLflow tracking failed: {exc.message.splitlines()[0]}. Start the tracking server or point "
+            "MLFLOW_TRACKING_URI / --trainer.logger.init_args.tracking_uri at a reachable store (the "
+            "default is sqlite:///mlflow.db in this folder)."
         )
     if isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc):
         return (
@@ -465,49 +312,6 @@ def _describe(exc: BaseException) -> str | None:
             f"{str(exc).splitlines()[0]} Use the config the checkpoint was trained with."
         )
     return None
-
-
-# name -> (module, function(argv) -> exit code) for the subcommands beside fit/validate/test/predict.
-_TOOLS: dict[str, tuple[str, str]] = {
-    "study": ("fashion_cnn.study", "study_main"),
-    "export": ("fashion_cnn.export", "export_main"),
-}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fashion-cnn`` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = list(sys.argv[1:] if argv is None else argv)
-    # Subcommands that are not Trainer methods have their own small parsers.
-    if args and args[0] in _TOOLS:
-        module, function = _TOOLS[args[0]]
-        return int(getattr(importlib.import_module(module), function)(args[1:]))
-    try:
-        FashionCLI(args=args)
-    except KeyboardInterrupt:  # before or after Lightning's own handling of Ctrl+C
-        _end_open_runs("KILLED")
-        sys.stderr.write(f"fashion-cnn: interrupted. {_RESUME_HINT}\n")
-        return 130
-    except SIGTERMException:
-        _end_open_runs("KILLED")
-        sys.stderr.write(f"fashion-cnn: stopped by SIGTERM. {_RESUME_HINT}\n")
-        return 143
-    except SystemExit as exc:  # parser errors (2), --help (0), Lightning's exit after Ctrl+C (1)
-        interrupted = any(getattr(t, "interrupted", False) for t in _ACTIVE)
-        _end_open_runs("KILLED" if interrupted else "FAILED")
-        if interrupted:
-            sys.stderr.write(f"fashion-cnn: interrupted. {_RESUME_HINT}\n")
-            return 130
-        return exc.code if isinstance(exc.code, int) else 1
-    except Exception as exc:
-        message = _describe(exc)
-        _end_open_runs("FAILED")
-        if message is None:
-            raise
-        sys.stderr.write(f"fashion-cnn: error: {message}\n")
-        return 2
-    _ACTIVE.clear()
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,11 @@
 """The Fashion-MNIST LightningDataModule: verified files, seeded split, uint8 batches in memory.
 
 Images stay uint8 tensors in memory, (N, 1, 28, 28) per split; a batch is taken with one index
-operation (``__getitems__``), and the conversion to float, normalisation and augmentation run on
-whole batches after they reach the device (:meth:`FashionMNISTDataModule.on_after_batch_transfer`).
-That costs ~0.05 s per epoch on two CPU cores against ~7 s for torchvision's per-sample PIL path.
+operation (``__getitems__``) and augmented, still uint8, on whole batches after it reaches the
+device (:meth:`FashionMNISTDataModule.on_after_batch_transfer`). The loaders yield uint8 images:
+:class:`~fashion_cnn.FashionCNN` turns them into normalised floats itself (:func:`prepare_batch`),
+so a plain PyTorch loop over ``train_dataloader()`` works too. That costs ~0.05 s per epoch on two
+CPU cores against ~7 s for torchvision's per-sample PIL path.
 """
 
 import logging
@@ -18,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from fashion_cnn import _idx
-from fashion_cnn._idx import DataError
+from fashion_cnn.errors import DataError
 from fashion_cnn.images import IMAGE_SUFFIXES, load_folder
 from fashion_cnn.seeding import epoch_seed
 
@@ -82,14 +84,14 @@ def prepare_batch(
         images: uint8 tensor (B, 1, 28, 28) with values 0-255, on any device.
         mean: Subtracted after scaling to [0, 1].
         std: Divided by after subtracting ``mean``.
-        normalize: If False, return the images scaled to [0, 1] only.
+        normalize: If False, return the images scaled to [0, 1] only (as mean 0, std 1 do).
 
     Returns:
         float32 tensor of the same shape and device.
     """
     if images.dtype != torch.uint8:
         raise TypeError(f"prepare_batch expects uint8 images (0-255), got {images.dtype}")
-    if normalize:
+    if normalize and (mean, std) != (0.0, 1.0):
         # (x / 255 - mean) / std, folded into one multiply and one subtract, both in place.
         return images.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)
     return images.float().div_(255.0)
@@ -316,6 +318,16 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def input_shape(self) -> tuple[int, int, int]:
         return (1, 28, 28)
 
+    @property
+    def input_mean(self) -> float:
+        """Pixel mean on the [0, 1] scale the model subtracts (0 when ``normalize`` is off)."""
+        return self.mean if self.hparams.normalize else 0.0
+
+    @property
+    def input_std(self) -> float:
+        """Pixel standard deviation the model divides by (1 when ``normalize`` is off)."""
+        return self.std if self.hparams.normalize else 1.0
+
     # ---- data hooks, in the order Lightning calls them
 
     def prepare_data(self) -> None:
@@ -395,13 +407,13 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.predict_set, self.eval_batch_size)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """uint8 images -> float32 network input; augmentation only while training."""
-        images, targets = batch
+        """Augment uint8 training batches on the device; other batches pass through unchanged."""
         trainer = self.trainer
-        if trainer is not None and trainer.training:
-            hp = self.hparams
-            images = augment_batch(images, hp.augment_flip, hp.augment_crop_padding, hp.augment_cutout)
-        return prepare_batch(images, self.mean, self.std, self.hparams.normalize), targets
+        if trainer is None or not trainer.training:
+            return batch
+        images, targets = batch
+        hp = self.hparams
+        return augment_batch(images, hp.augment_flip, hp.augment_crop_padding, hp.augment_cutout), targets
 
     # ---- helpers
 

@@ -12,32 +12,29 @@ and targets that :meth:`FashionCNN.test_step` returns and, at the end of the tes
   (skipped, with a log line, when the run has none, e.g. a test-only run);
 
 to its output folder and, when the trainer logs to MLflow, as artifacts of the run under
-``evaluation/``. The numbers come from the pure functions at the top of this module, which agree
-with torchmetrics (``tests/test_evaluation.py`` checks it); the figures are drawn with
-matplotlib's object-oriented API on the Agg canvas, so no pyplot state or display is touched.
+``evaluation/``. The numbers come from ``torchmetrics.functional`` (confusion matrix, per-class
+scores, calibration error); only the per-bin table the reliability diagram draws is binned here,
+the way torchmetrics bins. The figures are in :mod:`fashion_cnn.figures`.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import torch
+import torchmetrics.functional.classification as tmf
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import MLFlowLogger
 
-from fashion_cnn._io import atomic_path, atomic_write
+from fashion_cnn._io import atomic_write
 from fashion_cnn.data import CLASS_NAMES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from fashion_cnn.tracking import MLflowLogger, mlflow_logger
 
 __all__ = [
     "ARTIFACT_DIR",
@@ -50,7 +47,7 @@ __all__ = [
     "expected_calibration_error",
     "most_confident_mistakes",
     "per_class_stats",
-    "unnormalize",
+    "pixel_intensities",
     "write_per_class_csv",
 ]
 
@@ -68,8 +65,6 @@ LEARNING_CURVE_KEYS = ("train/loss", "val/loss", "train/acc", "val/acc")
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Counts (num_classes, num_classes): row = true class, column = predicted class.
 
-    The layout of torchmetrics' ``MulticlassConfusionMatrix``.
-
     Args:
         preds: Predicted classes (N,).
         targets: True classes (N,).
@@ -77,18 +72,16 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: in
     """
     if preds.shape != targets.shape or preds.ndim != 1:
         raise ValueError(f"preds {tuple(preds.shape)} and targets {tuple(targets.shape)} must both be (N,)")
-    flat = targets.long().cpu() * num_classes + preds.long().cpu()
-    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return tmf.multiclass_confusion_matrix(preds.long().cpu(), targets.long().cpu(), num_classes)
 
 
 @dataclass(frozen=True)
 class ClassStats:
-    """Per-class scores, each a float64 tensor (C,) except the int64 counts.
+    """Per-class scores, each a float tensor (C,) except the int64 counts.
 
-    ``accuracy`` is the share of a class's images classified correctly, torchmetrics'
-    ``MulticlassAccuracy(average=None)``; for single-label data it equals ``recall``. Scores with
-    a zero denominator (a class never predicted, or absent from the data) are 0, as torchmetrics
-    reports them.
+    ``accuracy`` is the share of a class's images classified correctly (torchmetrics'
+    ``average=None`` accuracy); for single-label data it equals ``recall``. Scores with a zero
+    denominator (a class never predicted, or absent from the data) are 0.
     """
 
     support: torch.Tensor  # images of the class
@@ -100,16 +93,26 @@ class ClassStats:
     accuracy: torch.Tensor
 
 
-def per_class_stats(confusion: torch.Tensor) -> ClassStats:
-    """Precision, recall, F1 and accuracy per class from a confusion matrix (true x predicted)."""
-    confusion = confusion.long()
-    correct = confusion.diagonal()
-    support = confusion.sum(dim=1)
-    predicted = confusion.sum(dim=0)
-    precision = _safe_divide(correct, predicted)
-    recall = _safe_divide(correct, support)
-    f1 = _safe_divide(2 * precision * recall, precision + recall)
-    return ClassStats(support, predicted, correct, precision, recall, f1, recall.clone())
+def per_class_stats(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> ClassStats:
+    """Support, precision, recall, F1 and accuracy of each class, from torchmetrics."""
+    preds, targets = preds.long().cpu(), targets.long().cpu()
+    confusion = confusion_matrix(preds, targets, num_classes)
+    scores = {
+        name: fn(preds, targets, num_classes, average="none", zero_division=0)
+        for name, fn in (
+            ("precision", tmf.multiclass_precision),
+            ("recall", tmf.multiclass_recall),
+            ("f1", tmf.multiclass_f1_score),
+        )
+    }
+    accuracy = tmf.multiclass_accuracy(preds, targets, num_classes, average="none")
+    return ClassStats(
+        support=confusion.sum(dim=1),
+        predicted=confusion.sum(dim=0),
+        correct=confusion.diagonal().clone(),
+        accuracy=accuracy,
+        **scores,
+    )
 
 
 def _safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -163,8 +166,10 @@ def calibration_bins(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = N
 
 
 def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = N_BINS) -> float:
-    """Top-label expected calibration error (L1) of ``probs`` (N, C) on ``targets`` (N,)."""
-    return calibration_bins(probs, targets, n_bins).ece
+    """Top-label expected calibration error (L1) of ``probs`` (N, C) on ``targets`` (N,), from
+    torchmetrics."""
+    probs = probs.float().cpu()
+    return float(tmf.multiclass_calibration_error(probs, targets.long().cpu(), probs.shape[1], n_bins, "l1"))
 
 
 def most_confident_mistakes(probs: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
@@ -175,12 +180,11 @@ def most_confident_mistakes(probs: torch.Tensor, targets: torch.Tensor, k: int) 
     return wrong[order[:k]]
 
 
-def unnormalize(images: torch.Tensor, mean: float, std: float, normalize: bool) -> torch.Tensor:
-    """Undo :func:`fashion_cnn.data.prepare_batch`: network input -> pixel intensities in [0, 1]."""
-    images = images.float()
-    if normalize:
-        images = images * std + mean
-    return images.clamp(0.0, 1.0)
+def pixel_intensities(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """Images as shown: uint8 pixels / 255, or prepared floats with ``(x * std + mean)`` undone."""
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    return (images.float() * std + mean).clamp(0.0, 1.0)
 
 
 def write_per_class_csv(path: str | os.PathLike[str], stats: ClassStats, class_names: Sequence[str]) -> Path:
@@ -210,166 +214,6 @@ def write_per_class_csv(path: str | os.PathLike[str], stats: ClassStats, class_n
 
 
 # --------------------------------------------------------------------------------------------
-# The figures (matplotlib is imported only here, when a report is drawn)
-
-
-def _figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
-
-    # A bare Figure renders with the Agg canvas on savefig: no pyplot, no GUI backend, no global
-    # figure registry to leak into.
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _save_figure(fig: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
-
-
-def plot_confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str]) -> Figure:
-    """Counts in each cell; colour = share of the true class (row), so rare classes read alike."""
-    counts = confusion.long().numpy()
-    shares = _safe_divide(confusion, confusion.sum(dim=1, keepdim=True)).numpy()
-    fig = _figure(7.5, 6.5)
-    ax = fig.add_subplot()
-    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
-    n = len(class_names)
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    for i in range(n):
-        for j in range(n):
-            if counts[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    str(counts[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if shares[i, j] > 0.5 else "black",
-                )
-    accuracy = counts.trace() / max(counts.sum(), 1)
-    ax.set_title(f"Confusion matrix, {counts.sum()} test images, accuracy {accuracy:.4f}")
-    return fig
-
-
-def plot_reliability(bins: CalibrationBins) -> Figure:
-    """Accuracy against confidence per bin; the gap to the diagonal is the miscalibration."""
-    n = len(bins.count) - 1
-    lower, upper = bins.lower[:n].numpy(), bins.upper[:n].numpy()
-    filled = bins.count[:n].numpy() > 0
-    fig = _figure(6.5, 6.5)
-    ax, hist = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
-    width = upper - lower
-    ax.bar(
-        lower[filled],
-        bins.accuracy[:n].numpy()[filled],
-        width=width[filled],
-        align="edge",
-        color="tab:blue",
-        edgecolor="black",
-        linewidth=0.5,
-        label="accuracy",
-    )
-    # Hatched: from the bin's accuracy to its mean confidence; above the blue bar when the model
-    # is overconfident there, inside it when underconfident.
-    ax.bar(
-        lower[filled],
-        (bins.confidence[:n] - bins.accuracy[:n]).numpy()[filled],
-        width=width[filled],
-        bottom=bins.accuracy[:n].numpy()[filled],
-        align="edge",
-        fill=False,
-        hatch="//",
-        edgecolor="tab:red",
-        linewidth=0.5,
-        label="gap to mean confidence",
-    )
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    ones = int(bins.count[n])
-    if ones:
-        ax.plot(
-            [1.0],
-            [float(bins.accuracy[n])],
-            "o",
-            color="tab:purple",
-            label=f"confidence = 1.0 ({ones}): accuracy {float(bins.accuracy[n]):.4f}",
-        )
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability diagram, {n} bins: ECE = {bins.ece:.4f}")
-    ax.legend(loc="upper left", fontsize=8)
-    hist.bar(
-        lower,
-        bins.count[:n].numpy(),
-        width=width,
-        align="edge",
-        color="grey",
-        edgecolor="black",
-        linewidth=0.5,
-    )
-    if ones:
-        hist.bar([1.0], [ones], width=0.012, color="tab:purple")
-    hist.set_yscale("log")
-    hist.set_xlabel("confidence (top-1 probability)")
-    hist.set_ylabel("predictions")
-    return fig
-
-
-def plot_mistakes(
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    preds: torch.Tensor,
-    confidence: torch.Tensor,
-    class_names: Sequence[str],
-) -> Figure:
-    """A grid of images (K, 1, H, W) in [0, 1], each titled with its true and predicted class."""
-    count = len(images)
-    cols = min(5, max(count, 1))
-    rows = max(math.ceil(count / cols), 1)
-    fig = _figure(2.0 * cols, 2.2 * rows + 0.4)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i >= count:
-            continue
-        ax.imshow(images[i, 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-        ax.set_title(
-            f"true: {class_names[int(targets[i])]}\npred: {class_names[int(preds[i])]} "
-            f"({float(confidence[i]):.2f})",
-            fontsize=8,
-        )
-    title = "Most confidently misclassified test images" if count else "No misclassified test image"
-    fig.suptitle(title)
-    return fig
-
-
-def plot_learning_curves(history: dict[str, list[tuple[float, float]]]) -> Figure:
-    """Loss and accuracy per epoch, train and validation; ``history`` maps key -> [(epoch, value)]."""
-    from matplotlib.ticker import MaxNLocator
-
-    fig = _figure(10, 4)
-    axes = fig.subplots(1, 2)
-    for ax, quantity in zip(axes, ("loss", "acc"), strict=True):
-        for split, style in (("train", "o-"), ("val", "s--")):
-            points = history.get(f"{split}/{quantity}") or []
-            if points:
-                ax.plot(*zip(*points, strict=True), style, label=f"{split}/{quantity}")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("accuracy" if quantity == "acc" else "cross-entropy loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Learning curves")
-    return fig
-
-
-# --------------------------------------------------------------------------------------------
 # The callback
 
 
@@ -377,7 +221,8 @@ class EvaluationReport(Callback):
     """Writes the test-set evaluation report (see the module docstring) at the end of every test.
 
     Args:
-        output_dir: Folder for the report files. Default:
+        output_dir: Folder for the report files. Default: ``evaluation/`` beside the run's
+            checkpoints (``<output_dir>/<run name>/<run id>/evaluation``), else
             ``<trainer.default_root_dir>/evaluation/<MLflow run id>`` (``no-run`` without MLflow).
         max_mistakes: How many of the most confidently misclassified images the grid shows.
     """
@@ -437,56 +282,66 @@ class EvaluationReport(Callback):
         bins = calibration_bins(probs, targets)
         # Every rank has gathered all predictions and logs the same value; sync_dist (a mean of
         # equal values) only spares DDP runs Lightning's warning.
-        pl_module.log("test/ece", bins.ece, on_step=False, on_epoch=True, sync_dist=True)
+        ece = expected_calibration_error(probs, targets)  # torchmetrics; bins.ece agrees (tested)
+        pl_module.log("test/ece", ece, on_step=False, on_epoch=True, sync_dist=True)
         if trainer.is_global_zero:
-            self._write_report(trainer, probs, targets, bins, mistakes)
+            self._write_report(trainer, pl_module, probs, targets, bins, mistakes)
 
     # ---- helpers
 
     def _write_report(
         self,
         trainer: L.Trainer,
+        pl_module: L.LightningModule,
         probs: torch.Tensor,
         targets: torch.Tensor,
         bins: CalibrationBins,
         mistakes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
     ) -> None:
-        mlflow = _mlflow_logger(trainer)
+        from fashion_cnn import figures
+
+        mlflow = mlflow_logger(trainer)
         folder = self._folder(trainer, mlflow)
         folder.mkdir(parents=True, exist_ok=True)
         datamodule = getattr(trainer, "datamodule", None)
         names = list(getattr(datamodule, "class_names", None) or CLASS_NAMES)
-        if len(names) != probs.shape[1]:
-            names = [str(i) for i in range(probs.shape[1])]
-        confusion = confusion_matrix(probs.argmax(dim=1), targets, probs.shape[1])
-        written = [write_per_class_csv(folder / "per_class.csv", per_class_stats(confusion), names)]
-        try:
-            import matplotlib  # noqa: F401  (only to fail early with one clear message)
-        except ImportError:
+        num_classes = probs.shape[1]
+        if len(names) != num_classes:
+            names = [str(i) for i in range(num_classes)]
+        preds = probs.argmax(dim=1)
+        stats = per_class_stats(preds, targets, num_classes)
+        written = [write_per_class_csv(folder / "per_class.csv", stats, names)]
+        if not figures.matplotlib_available():
             log.warning(
                 "matplotlib is not installed: the evaluation report has no figures (pip install matplotlib)"
             )
         else:
+            confusion = confusion_matrix(preds, targets, num_classes)
             written.append(
-                _save_figure(plot_confusion_matrix(confusion, names), folder / "confusion_matrix.png")
+                figures.save_figure(
+                    figures.plot_confusion_matrix(confusion, names), folder / "confusion_matrix.png"
+                )
             )
-            written.append(_save_figure(plot_reliability(bins), folder / "reliability.png"))
+            written.append(figures.save_figure(figures.plot_reliability(bins), folder / "reliability.png"))
             if mistakes is None:
                 log.info("test batches carry no images: no grid of misclassified images")
             else:
                 images, true, picked = mistakes
-                mean, std, normalize = _normalisation(datamodule)
-                figure = plot_mistakes(
-                    unnormalize(images, mean, std, normalize),
-                    true,
-                    picked.argmax(dim=1),
-                    picked.max(dim=1).values,
-                    names,
+                hp = pl_module.hparams
+                shown = pixel_intensities(
+                    images,
+                    float(hp.get("input_mean", FASHION_MNIST_MEAN)),
+                    float(hp.get("input_std", FASHION_MNIST_STD)),
                 )
-                written.append(_save_figure(figure, folder / "misclassified.png"))
+                figure = figures.plot_mistakes(
+                    shown, true, picked.argmax(dim=1), picked.max(dim=1).values, names
+                )
+                written.append(figures.save_figure(figure, folder / "misclassified.png"))
             history = _metric_history(mlflow)
             if history:
-                written.append(_save_figure(plot_learning_curves(history), folder / "learning_curves.png"))
+                written.append(
+                    figures.save_figure(figures.plot_learning_curves(history), folder / "learning_curves.png")
+                )
             else:
                 log.info("no train/val metric history in this run (a test-only run?): no learning curves")
         if mlflow is not None:
@@ -494,9 +349,14 @@ class EvaluationReport(Callback):
                 mlflow.experiment.log_artifact(mlflow.run_id, str(path), ARTIFACT_DIR)
         log.info("evaluation report (test ECE %.4f) written to %s", bins.ece, folder)
 
-    def _folder(self, trainer: L.Trainer, mlflow: MLFlowLogger | None) -> Path:
+    def _folder(self, trainer: L.Trainer, mlflow: MLflowLogger | None) -> Path:
         if self.output_dir is not None:
             return Path(self.output_dir).expanduser()
+        # Beside the run's checkpoints (<output_dir>/<run name>/<run id>/evaluation), so a run's
+        # files stay together and nothing lands in the working directory.
+        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+        if dirpath and Path(dirpath).name == "checkpoints":
+            return Path(dirpath).parent / ARTIFACT_DIR
         root = Path(trainer.default_root_dir or os.getcwd())
         return root / ARTIFACT_DIR / (mlflow.run_id if mlflow is not None else "no-run")
 
@@ -506,7 +366,7 @@ class _MistakeBuffer:
 
     def __init__(self, k: int) -> None:
         self.k = k
-        self.images: torch.Tensor | None = None  # (<=k, C, H, W), network input
+        self.images: torch.Tensor | None = None  # (<=k, C, H, W), as the test batches hold them
         self.targets = torch.zeros(0, dtype=torch.long)
         self.probs = torch.zeros(0, 0)
 
@@ -537,11 +397,12 @@ class _MistakeBuffer:
         # all_gather needs one shape on every rank: pad each rank's buffer to k rows, marked with
         # target -1 and dropped after the gather. A rank without mistakes does not know the image
         # shape: ask the others.
-        mine = None if self.images is None else tuple(self.images.shape[1:])
+        mine = None if self.images is None else (tuple(self.images.shape[1:]), str(self.images.dtype))
         shapes = [s for s in _all_gather_object(trainer, mine) if s is not None]
         if not shapes:
             return torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long), torch.zeros(0, num_classes)
-        images = torch.zeros(self.k, *shapes[0])
+        shape, dtype = shapes[0]
+        images = torch.zeros(self.k, *shape, dtype=getattr(torch, dtype.removeprefix("torch.")))
         probs = torch.zeros(self.k, num_classes)
         targets = torch.full((self.k,), -1, dtype=torch.long)
         n = 0 if self.images is None else len(self.images)
@@ -572,24 +433,7 @@ def _gather(trainer: L.Trainer, tensor: torch.Tensor) -> torch.Tensor:
     return gathered.flatten(0, 1).cpu()
 
 
-def _mlflow_logger(trainer: L.Trainer) -> MLFlowLogger | None:
-    return next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
-
-
-def _normalisation(datamodule: Any) -> tuple[float, float, bool]:
-    """(mean, std, normalize) that turned the test images into network input."""
-    if datamodule is None:
-        log.info("no datamodule: assuming the Fashion-MNIST normalisation for the mistakes grid")
-        return FASHION_MNIST_MEAN, FASHION_MNIST_STD, True
-    hparams = getattr(datamodule, "hparams", {}) or {}
-    return (
-        float(getattr(datamodule, "mean", FASHION_MNIST_MEAN)),
-        float(getattr(datamodule, "std", FASHION_MNIST_STD)),
-        bool(hparams.get("normalize", True)),
-    )
-
-
-def _metric_history(mlflow: MLFlowLogger | None) -> dict[str, list[tuple[float, float]]]:
+def _metric_history(mlflow: MLflowLogger | None) -> dict[str, list[tuple[float, float]]]:
     """key -> [(epoch, value)] for the learning-curve keys the run has; {} without MLflow."""
     if mlflow is None:
         return {}

@@ -1,6 +1,6 @@
 """ONNX export of a trained checkpoint, with the pixel normalisation inside the graph.
 
-``fashion-cnn export --ckpt_path runs/.../best-epoch02.ckpt --output model.onnx`` writes a model
+``fashion-cnn export --ckpt_path runs/.../best-epoch02.ckpt --output_file model.onnx`` writes a model
 that needs neither PyTorch nor this package (see ``docs/deploy.md``):
 
 - input ``pixels``: uint8 (B, 1, 28, 28), raw grey levels 0-255 as stored in Fashion-MNIST (light
@@ -18,13 +18,11 @@ with onnxruntime against PyTorch before it replaces anything at the output path.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +30,15 @@ import torch
 from torch import nn
 
 from fashion_cnn._io import atomic_write
-from fashion_cnn.data import CLASS_NAMES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from fashion_cnn.checkpoints import load_model
+from fashion_cnn.data import CLASS_NAMES, prepare_batch
+from fashion_cnn.errors import MissingDependencyError, UserError
 
 __all__ = [
     "DEFAULT_OPSET",
     "INPUT_NAME",
     "OUTPUT_NAMES",
-    "MissingDependencyError",
     "PixelClassifier",
-    "export_main",
     "export_onnx",
     "load_network",
 ]
@@ -58,37 +56,23 @@ VERIFY_ATOL = 1e-4  # ONNX vs PyTorch logits; float32 reorderings differ by ~1e-
 INSTALL_HINT = 'pip install "fashion-cnn[onnx]"'
 
 
-class MissingDependencyError(ImportError):
-    """onnx, onnxscript or onnxruntime is not installed."""
-
-
 class PixelClassifier(nn.Module):
-    """The network behind the same uint8 -> float conversion as :func:`fashion_cnn.data.prepare_batch`.
+    """A trained network behind the model's own uint8 -> float conversion (:func:`prepare_batch`).
 
     Args:
-        net: The trained network, taking normalised float images (B, 1, 28, 28).
-        mean: Pixel mean on the [0, 1] scale that training subtracted.
-        std: Pixel standard deviation on the [0, 1] scale that training divided by.
-        normalize: Whether training standardised pixels (else it only scaled them to [0, 1]).
+        net: The trained network, taking prepared float images (B, 1, 28, 28).
+        mean: Pixel mean on the [0, 1] scale that training subtracted (0 for unnormalised input).
+        std: Pixel standard deviation on the [0, 1] scale that training divided by (1 likewise).
     """
 
-    def __init__(
-        self,
-        net: nn.Module,
-        mean: float = FASHION_MNIST_MEAN,
-        std: float = FASHION_MNIST_STD,
-        normalize: bool = True,
-    ) -> None:
+    def __init__(self, net: nn.Module, mean: float, std: float) -> None:
         super().__init__()
         self.net = net
-        # (x / 255 - mean) / std as one multiply and one subtract, as prepare_batch computes it.
-        self.scale = 1.0 / (255.0 * std) if normalize else 1.0 / 255.0
-        self.shift = mean / std if normalize else 0.0
+        self.mean, self.std = mean, std
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and probabilities (B, num_classes) for uint8 pixels (B, 1, 28, 28)."""
-        x = pixels.float() * self.scale - self.shift  # (B, 1, 28, 28), network input
-        logits = self.net(x)
+        logits = self.net(prepare_batch(pixels, self.mean, self.std))
         return logits, torch.softmax(logits, dim=1)
 
 
@@ -96,36 +80,23 @@ def load_network(checkpoint_path: str | os.PathLike[str]) -> tuple[PixelClassifi
     """The checkpoint's network wrapped in :class:`PixelClassifier` (eval mode, CPU), and metadata.
 
     Raises:
-        fashion_cnn.cli.UserError: The file is missing, not a checkpoint, or of another model.
+        CheckpointError: The file is missing, not a checkpoint, or of another model.
     """
-    from fashion_cnn.cli import UserError, read_checkpoint
-    from fashion_cnn.system import FashionCNN
-
-    checkpoint = read_checkpoint(checkpoint_path)  # names the file in every failure
-    # Lightning's CLI adds private keys (_instantiator, _class_path) to the hyperparameters.
-    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
-    try:
-        model = FashionCNN(**hparams)
-        model.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise UserError(
-            f"{checkpoint_path} does not rebuild a FashionCNN ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0]}); pass a checkpoint written by fashion-cnn fit"
-        ) from None
+    model, checkpoint = load_model(checkpoint_path)
+    hp = model.hparams
     net = model.net.to(memory_format=torch.contiguous_format).eval()
-    data = checkpoint.get("datamodule_hyper_parameters") or {}
-    normalize = bool(data.get("normalize", True))
+    mean, std = float(hp.input_mean), float(hp.input_std)
     metadata = {
-        "class_names": json.dumps(list(CLASS_NAMES[: hparams.get("num_classes", len(CLASS_NAMES))])),
+        "class_names": json.dumps(list(CLASS_NAMES[: hp.get("num_classes", len(CLASS_NAMES))])),
         "input": f"{INPUT_NAME}: uint8 (batch, 1, 28, 28), grey levels 0-255, light garment on dark",
         "outputs": "logits (batch, classes) float32; probs (batch, classes) float32, softmax of logits",
-        "normalize": str(normalize).lower(),
-        "mean": repr(FASHION_MNIST_MEAN),
-        "std": repr(FASHION_MNIST_STD),
+        "normalize": str((mean, std) != (0.0, 1.0)).lower(),
+        "mean": repr(mean),
+        "std": repr(std),
         "source_checkpoint": Path(checkpoint_path).name,
         "mlflow_run_id": str(checkpoint.get("mlflow_run_id") or ""),
     }
-    return PixelClassifier(net, FASHION_MNIST_MEAN, FASHION_MNIST_STD, normalize).eval(), metadata
+    return PixelClassifier(net, mean, std).eval(), metadata
 
 
 def export_onnx(
@@ -147,12 +118,10 @@ def export_onnx(
         The path of the written file.
 
     Raises:
-        fashion_cnn.cli.UserError: Unusable checkpoint or output path.
+        UserError: Unusable checkpoint or output path (CheckpointError for the checkpoint).
         MissingDependencyError: onnx, onnxscript or onnxruntime is not installed.
         ValueError: An opset outside the supported range.
     """
-    from fashion_cnn.cli import UserError
-
     onnx, ort = _import_onnx()
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= _max_opset(onnx):
         raise ValueError(
@@ -161,7 +130,9 @@ def export_onnx(
         )
     output = Path(output_path).expanduser()
     if output.is_dir():
-        raise UserError(f"--output {output} is a folder; pass a file path such as {output / 'model.onnx'}")
+        raise UserError(
+            f"--output_file {output} is a folder; pass a file path such as {output / 'model.onnx'}"
+        )
     model, metadata = load_network(checkpoint_path)
 
     example = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)  # (B, 1, 28, 28), B > 1 stays symbolic
@@ -258,48 +229,3 @@ def _max_logit_difference(ort: Any, model_bytes: bytes, model: PixelClassifier) 
     with torch.no_grad():
         logits_torch = model(pixels)[0]
     return float((logits_onnx - logits_torch).abs().max())
-
-
-# --------------------------------------------------------------------------------------------
-# The command line: fashion-cnn export
-
-
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse would print the usage and sys.exit(2)
-        raise _ArgumentError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="fashion-cnn export",
-        description="Export a checkpoint to ONNX: uint8 pixels (B, 1, 28, 28) in, logits and probs out.",
-    )
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint (.ckpt) written by fashion-cnn fit")
-    parser.add_argument("--output", default="model.onnx", help="ONNX file to write (default: model.onnx)")
-    parser.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})"
-    )
-    return parser
-
-
-def export_main(argv: Sequence[str]) -> int:
-    """``fashion-cnn export``: returns 0, or 2 after one ``fashion-cnn: error: ...`` line."""
-    from fashion_cnn.cli import UserError
-
-    try:
-        args = _parser().parse_args(list(argv))
-        path = export_onnx(args.ckpt_path, args.output, args.opset)
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    except _ArgumentError as exc:
-        sys.stderr.write(f"fashion-cnn: error: {exc}\nSee `fashion-cnn export --help` for the options.\n")
-        return 2
-    except (UserError, MissingDependencyError, ValueError) as exc:
-        sys.stderr.write(f"fashion-cnn: error: {exc}\n")
-        return 2
-    sys.stderr.write(f"exported {path}: input {INPUT_NAME} uint8 (B, 1, 28, 28), outputs logits, probs\n")
-    return 0

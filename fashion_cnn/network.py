@@ -18,43 +18,46 @@ By default a 2x2 max-pool closes every third block (``pool_every=3``): one pool 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 NormName = Literal["none", "batch", "instance", "layer", "group"]
+
+# The single table of what each norm name means: name -> builder(channels, groups). NormName, the
+# validation and the layer built all read from it (timm's create_norm pattern).
+#
+# - none: identity.
+# - batch: BatchNorm2d, statistics over the batch and space, per channel.
+# - instance: InstanceNorm2d with PyTorch's defaults (no affine parameters, no running
+#   statistics): each sample and channel normalised over space. The journal's parameter counts
+#   only add up with these defaults.
+# - layer: GroupNorm(1, channels), each sample normalised over all channels and space, with a
+#   per-channel scale and shift. This is what "LayerNorm" means for conv nets (as in ConvNeXt-style
+#   code); nn.LayerNorm over (C, H, W) would tie the parameters to the image size.
+# - group: GroupNorm(groups, channels), each sample normalised over groups of channels.
+NORM_LAYERS: dict[str, Callable[[int, int], nn.Module]] = {
+    "none": lambda channels, groups: nn.Identity(),
+    "batch": lambda channels, groups: nn.BatchNorm2d(channels),
+    "instance": lambda channels, groups: nn.InstanceNorm2d(channels),
+    "layer": lambda channels, groups: nn.GroupNorm(1, channels),
+    "group": lambda channels, groups: nn.GroupNorm(groups, channels),
+}
 NORMS: tuple[str, ...] = get_args(NormName)
 
 
 def make_norm(norm: str, channels: int, groups: int) -> nn.Module:
-    """Build the normalisation layer named ``norm`` for ``channels`` feature maps.
-
-    The table is the single place that says what each name means:
-
-    - ``none``: identity.
-    - ``batch``: ``BatchNorm2d``, statistics over the batch and space, per channel.
-    - ``instance``: ``InstanceNorm2d`` with PyTorch's defaults (no affine parameters, no running
-      statistics): each sample and channel normalised over space. The journal's parameter counts
-      only add up with these defaults.
-    - ``layer``: ``GroupNorm(1, channels)``, each sample normalised over all channels and space,
-      with a per-channel scale and shift. This is what "LayerNorm" means for conv nets (as in
-      ConvNeXt-style code); ``nn.LayerNorm`` over (C, H, W) would tie the parameters to the
-      image size.
-    - ``group``: ``GroupNorm(groups, channels)``, each sample normalised over groups of channels.
-    """
-    if norm == "none":
-        return nn.Identity()
-    if norm == "batch":
-        return nn.BatchNorm2d(channels)
-    if norm == "instance":
-        return nn.InstanceNorm2d(channels)
-    if norm == "layer":
-        return nn.GroupNorm(1, channels)
-    if norm == "group":
-        return nn.GroupNorm(groups, channels)
-    raise ValueError(f"norm={norm!r} is not a known normalisation; use one of {', '.join(NORMS)}")
+    """Build the normalisation layer named ``norm`` for ``channels`` feature maps (see
+    :data:`NORM_LAYERS` for what each name means)."""
+    try:
+        build = NORM_LAYERS[norm]
+    except KeyError:
+        raise ValueError(
+            f"norm={norm!r} is not a known normalisation; use one of {', '.join(NORMS)}"
+        ) from None
+    return build(channels, groups)
 
 
 class ConvBlock(nn.Sequential):

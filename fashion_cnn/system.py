@@ -12,6 +12,8 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from fashion_cnn.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_batch
+from fashion_cnn.errors import NonFiniteLossError
 from fashion_cnn.network import FashionCNNNet, NormName, count_parameters
 
 log = logging.getLogger(__name__)
@@ -20,10 +22,6 @@ log = logging.getLogger(__name__)
 NONFINITE_CHECK_EVERY = 50
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message names the epoch, step and causes."""
 
 
 SchedulerName = Literal["plateau", "onecycle", "cosine", "none"]
@@ -65,6 +63,13 @@ class FashionCNN(L.LightningModule):
             (docs/benchmarks.md): 7-20 s to compile, then 1.39x for InstanceNorm nets in fp32
             but 0.75-0.8x under the default bf16 autocast, so leave it off there. Checkpoints
             stay loadable either way.
+        input_mean: Pixel mean on the [0, 1] scale subtracted from uint8 input (linked from the
+            datamodule by the CLI; 0 for unnormalised input).
+        input_std: Pixel standard deviation uint8 input is divided by (1 for unnormalised input).
+
+    The model takes uint8 images (0-255, as the datamodule yields them and as files store them)
+    and turns them into ``(x / 255 - input_mean) / input_std`` itself; float images are taken as
+    already prepared. Both values are hyperparameters, so a checkpoint carries them.
     """
 
     def __init__(
@@ -91,6 +96,8 @@ class FashionCNN(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool | None = None,
         compile: bool = False,
+        input_mean: float = FASHION_MNIST_MEAN,
+        input_std: float = FASHION_MNIST_STD,
     ) -> None:
         super().__init__()
         _check_training_args(
@@ -103,6 +110,8 @@ class FashionCNN(L.LightningModule):
             plateau_patience,
             label_smoothing,
         )
+        if not input_std > 0:
+            raise ValueError(f"input_std={input_std!r} must be > 0 (1 for unnormalised input)")
         if pool_after is not None:
             pool_after = list(pool_after)  # a YAML list or tuple; stored as a plain list
         self.save_hyperparameters()
@@ -142,7 +151,9 @@ class FashionCNN(L.LightningModule):
         self._first_bad_step: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes) for images (B, C, H, W)."""
+        """Logits (B, num_classes) for images (B, C, H, W): uint8 pixels, or prepared floats."""
+        if x.dtype == torch.uint8:
+            x = prepare_batch(x, self.hparams.input_mean, self.hparams.input_std)  # float32
         if self.use_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         net = self._compiled_net if self._compiled_net is not None else self.net

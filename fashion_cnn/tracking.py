@@ -1,13 +1,12 @@
-"""MLflow tracking and checkpoint placement for runs of the CLI.
+"""MLflow tracking for runs of the CLI: the logger, the config artifact, the run id in checkpoints.
 
-Each piece here defuses one known LightningCLI + MLFlowLogger trap (see ``docs/tracking.md``):
+Each piece here defuses one known LightningCLI + MLFlowLogger trap (see ``docs/cli.md``):
 
 - :class:`MLflowLogger` defaults to ``sqlite:///mlflow.db`` (MLflow 3 refuses the old ``./mlruns``
   file store), reads ``MLFLOW_TRACKING_URI`` when the run starts rather than at import, logs each
-  hyperparameter once (MLflow refuses to change a logged param, e.g. on resume) and fails fast
-  when an HTTP tracking server does not answer.
-- :class:`RunCheckpoint` writes checkpoints under ``<output_dir>/<run name>/<run id>/checkpoints``,
-  so runs of different configs, seeds or concurrent launches never share a file.
+  hyperparameter once (MLflow refuses to change a logged param, e.g. on resume), fails within
+  seconds, naming the URI, when an HTTP tracking server does not answer, and files its experiment
+  as a model-training experiment so that MLflow's UI opens on the runs.
 - :class:`LogConfigToMLflow` stores the resolved config as the run artifact ``config.yaml``
   instead of Lightning's ``config.yaml`` in the logger's ``log_dir`` (the tracking root for MLflow,
   so the second run would fail with "config.yaml already exists").
@@ -19,23 +18,32 @@ from __future__ import annotations
 
 import logging
 import os
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from weakref import proxy
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from fashion_cnn.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
 _SQLITE_PREFIX = "sqlite:///"
 DEFAULT_TRACKING_URI = _SQLITE_PREFIX + "mlflow.db"
 RUN_ID_KEY = "mlflow_run_id"
+TRACKING_URI_KEY = "mlflow_tracking_uri"
 BEST_CHECKPOINT_TAG = "best_checkpoint"
+# MLflow 3's UI opens an experiment by its kind; without this tag it shows the GenAI traces view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+SERVER_TIMEOUT_S = 5.0  # how long a tracking server may take to answer the first request
 
 
 def resolve_tracking_uri(tracking_uri: str | None) -> str:
@@ -45,48 +53,97 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
     that changes directory would otherwise keep writing to the first folder's database.
     """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    db = _sqlite_file(uri)
+    db = sqlite_file(uri)
     if db is None or db.is_absolute():
         return uri
     return _SQLITE_PREFIX + str(db.resolve())
 
 
-def _fail_fast_on_http() -> None:
-    # MLflow's HTTP client retries a dead server with backoff for minutes by default. A run that
-    # cannot log should fail within seconds and say why; users can still raise these limits.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-
-
-def _sqlite_file(uri: str) -> Path | None:
+def sqlite_file(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (relative or absolute), else None."""
     return Path(uri[len(_SQLITE_PREFIX) :]) if uri.startswith(_SQLITE_PREFIX) else None
 
 
-def _prepare_sqlite_store(uri: str, db: Path, experiment_name: str, artifact_location: str | None) -> None:
-    """Create the store's tables and the experiment under an exclusive file lock.
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server (which processes on other machines can reach)."""
+    return uri.startswith(("http://", "https://"))
 
-    Two runs started at once in one folder would otherwise both create the schema (one fails
-    with "table ... already exists") or both create the experiment (one fails on the unique name).
+
+def check_server(uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
+    """Raise :class:`TrackingError` within ``timeout`` seconds if the server at ``uri`` does not answer.
+
+    MLflow's own client retries a dead server with backoff for minutes; asking its ``/health``
+    endpoint once first turns a wrong address or a stopped server into one clear message. Later
+    requests keep MLflow's retries, which ride out a server restart in the middle of a run.
     """
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only
+            response.read(64)
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy or an older server without /health): the address is right
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise TrackingError(
+            f"the MLflow tracking server {uri} does not answer ({reason}). Start it (mlflow server "
+            "--host 0.0.0.0 --port 5000 --backend-store-uri ...) or point MLFLOW_TRACKING_URI / "
+            "--trainer.logger.init_args.tracking_uri at a reachable store (the default is "
+            "sqlite:///mlflow.db in this folder)."
+        ) from None
+
+
+def ensure_experiment(client: Any, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created (or restored) as a model-training experiment."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return str(
+            client.create_experiment(
+                name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        )
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return str(experiment.experiment_id)
+
+
+def prepare_store(uri: str, experiment_name: str, artifact_location: str | None = None) -> str:
+    """Make the store at ``uri`` usable and return the experiment's id.
+
+    A server is asked once, with a short timeout. A sqlite store's tables and the experiment are
+    created under an exclusive file lock: two runs started at once in one folder would otherwise
+    both create the schema (one fails with "table ... already exists") or the experiment.
+
+    Raises:
+        TrackingError: The server does not answer, or the store cannot be opened.
+    """
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as lock:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock; concurrent first runs are then the user's call
-            fcntl = None
-        if fcntl is not None:
+    if is_server(uri):
+        check_server(uri)
+    db = sqlite_file(uri)
+    try:
+        if db is None:
+            return ensure_experiment(MlflowClient(uri), experiment_name, artifact_location)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "a") as lock:
+            try:
+                import fcntl
+            except ImportError:  # Windows: no flock; concurrent first runs are then the user's call
+                return ensure_experiment(MlflowClient(uri), experiment_name, artifact_location)
             fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            client = MlflowClient(uri)
-            experiment = client.get_experiment_by_name(experiment_name)
-            if experiment is None:
-                client.create_experiment(experiment_name, artifact_location=artifact_location)
-        finally:
-            if fcntl is not None:
+            try:
+                return ensure_experiment(MlflowClient(uri), experiment_name, artifact_location)
+            finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+    except (MlflowException, OSError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        raise TrackingError(
+            f"MLflow tracking store {uri} cannot be used: {message.splitlines()[0]}. Point "
+            "MLFLOW_TRACKING_URI / --trainer.logger.init_args.tracking_uri at a reachable store."
+        ) from None
 
 
 class MLflowLogger(MLFlowLogger):
@@ -113,12 +170,13 @@ class MLflowLogger(MLFlowLogger):
         artifact_location: str | None = None,
     ) -> None:
         uri = resolve_tracking_uri(tracking_uri)
-        if uri.startswith(("http://", "https://")):
-            _fail_fast_on_http()
+        self._uri = uri
+        self._given_run_name = run_name
+        self._resumes = run_id is not None
+        self._started = False
         self.interrupted = False  # set by RunCheckpoint when the fit is interrupted
-        db = _sqlite_file(uri)
-        if db is not None:
-            _prepare_sqlite_store(uri, db, experiment_name, artifact_location)
+        if rank_zero_only.rank == 0:
+            prepare_store(uri, experiment_name, artifact_location)
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,
@@ -130,7 +188,39 @@ class MLflowLogger(MLFlowLogger):
 
     @property
     def tracking_uri(self) -> str:
-        return self._tracking_uri
+        """The resolved tracking URI (absolute for a local sqlite store)."""
+        return self._uri
+
+    @property
+    def run_name(self) -> str | None:
+        """The run's readable name as configured (None: MLflow makes one up)."""
+        return self._given_run_name
+
+    @property
+    def resumes(self) -> bool:
+        """Whether this logger continues an existing run (``run_id`` was given)."""
+        return self._resumes
+
+    @property
+    def started(self) -> bool:
+        """Whether the MLflow run exists yet (it is created on first use, not at construction)."""
+        return self._started
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        """The ``MlflowClient``; the first access creates (or reopens) the run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client = super().experiment
+        except MlflowException as exc:
+            raise TrackingError(
+                f"MLflow tracking failed ({self._uri}): {exc.message.splitlines()[0]}. Point "
+                "MLFLOW_TRACKING_URI / --trainer.logger.init_args.tracking_uri at a reachable store."
+            ) from None
+        self._started = True
+        return client
 
     def log_hyperparams(self, params: Any) -> None:
         """Log each hyperparameter once: skip keys already logged with the same value.
@@ -138,11 +228,9 @@ class MLflowLogger(MLFlowLogger):
         MLflow rejects a second, different value for a logged param. On resume the same values
         come again (skipped); a changed value is kept as it was first logged, with a warning.
         """
-        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-
         if rank_zero_only.rank != 0:
             return
-        flat = {k: v for k, v in _flatten_dict(_convert_params(params)).items() if k != "_instantiator"}
+        flat = {k: v for k, v in flatten_params(params).items() if k != "_instantiator"}
         existing = self.experiment.get_run(self.run_id).data.params
         fresh = {}
         for key, value in flat.items():
@@ -172,83 +260,41 @@ class MLflowLogger(MLFlowLogger):
         if rank_zero_only.rank == 0:
             self.experiment.update_run(self.run_id, status="RUNNING")
 
+    def end_if_running(self, status: str) -> None:
+        """Mark the run ``status`` (FAILED, KILLED) if it was started and is still RUNNING.
 
-class RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that files checkpoints per run: ``<root>/<run name>/<run id>/checkpoints``.
-
-    Every other argument is ``ModelCheckpoint``'s; the CLI sets ``root`` from ``--output_dir``.
-    An explicit ``dirpath`` wins.
-    """
-
-    def __init__(self, *args: Any, root: str = "runs", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.root = root
-
-    INTERRUPTED_NAME = "interrupted"
-
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        save_checkpoint_atomically(trainer, Path(filepath), self.save_weights_only)
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.dirpath is None:
-            self.dirpath = str(run_directory(trainer, self.root) / "checkpoints")
-        super().setup(trainer, pl_module, stage)
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        """On Ctrl+C or SIGTERM, save ``interrupted.ckpt`` beside ``last.ckpt``.
-
-        ``last.ckpt`` (end of the last full epoch) stays untouched: resuming from it reproduces
-        an uninterrupted run exactly. ``interrupted.ckpt`` keeps the work of a partial epoch. A
-        crash (NaN loss, a bug) saves nothing: its weights may be what went wrong.
+        For failures outside Lightning's loops, which end runs themselves. Never raises: the store
+        may be what failed.
         """
-        super().on_exception(trainer, pl_module, exception)
-        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+        if not self._started or rank_zero_only.rank != 0:
             return
-        if isinstance(trainer.logger, MLflowLogger):
-            trainer.logger.interrupted = True
-        if self.dirpath is None or trainer.sanity_checking or trainer.state.fn != "fit":
-            return
-        path = Path(self.dirpath) / f"{self.INTERRUPTED_NAME}{self.FILE_EXTENSION}"
-        save_checkpoint_atomically(trainer, path, weights_only=False)  # full state, to resume from
-        log.warning(
-            "fit interrupted at epoch %d, step %d; saved %s", trainer.current_epoch, trainer.global_step, path
-        )
+        try:
+            client = self.experiment
+            if client.get_run(self.run_id).info.status == "RUNNING":
+                client.set_terminated(self.run_id, status)
+        except Exception:  # noqa: BLE001 - best effort while another error is on its way
+            log.debug("could not mark run %s %s", self.run_id, status, exc_info=True)
 
 
-def save_checkpoint_atomically(trainer: L.Trainer, path: Path, weights_only: bool) -> None:
-    """``trainer.save_checkpoint`` into ``<path>.partial``, then rename it over ``path``.
+def flatten_params(params: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings and namespaces as one flat ``{"a/b": value}`` dict (Lightning's key style)."""
+    if hasattr(params, "as_dict"):  # jsonargparse Namespace
+        params = params.as_dict()
+    elif hasattr(params, "__dict__") and not isinstance(params, Mapping):  # argparse Namespace
+        params = vars(params)
+    out: dict[str, Any] = {}
+    for key, value in dict(params).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) or hasattr(value, "as_dict"):
+            out.update(flatten_params(value, name + "/"))
+        else:
+            out[name] = value
+    return out
 
-    Lightning writes the file in place: a kill or a full disk mid-write would leave a truncated
-    last.ckpt where a good one was. The temporary name is the same on every DDP rank because the
-    save is collective and only rank 0 writes (so ``fashion_cnn._io.atomic_path``, which draws a
-    unique name per process, does not fit here).
-    """
-    partial = path.with_name(path.name + ".partial")
-    trainer.save_checkpoint(partial, weights_only)
-    if trainer.is_global_zero:
-        os.replace(partial, path)
-    trainer.strategy.barrier("save_checkpoint_atomically")
 
-
-def run_directory(trainer: L.Trainer, root: str | os.PathLike[str]) -> Path:
-    """``<root>/<run name>/<run id>`` of the trainer's MLflow run (``<root>/local`` without one).
-
-    The run id is created on rank 0 and broadcast, so every process of a DDP run agrees.
-    """
-    name, run_id = "local", "no-run"
-    logger = trainer.logger
-    if isinstance(logger, MLFlowLogger):
-        name = logger._run_name or "run"
-        run_id = logger.run_id if trainer.is_global_zero else None
-    run_id = trainer.strategy.broadcast(run_id)
-    return Path(root) / name / str(run_id)
+def mlflow_logger(trainer: L.Trainer) -> MLflowLogger | None:
+    """The trainer's :class:`MLflowLogger`, if it has one."""
+    return next((lg for lg in trainer.loggers if isinstance(lg, MLflowLogger)), None)
 
 
 class RunIdInCheckpoint(Callback):
@@ -257,9 +303,10 @@ class RunIdInCheckpoint(Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        if isinstance(trainer.logger, MLFlowLogger) and trainer.is_global_zero:
-            checkpoint[RUN_ID_KEY] = trainer.logger.run_id
-            checkpoint["mlflow_tracking_uri"] = trainer.logger._tracking_uri
+        logger = mlflow_logger(trainer)
+        if logger is not None and trainer.is_global_zero:
+            checkpoint[RUN_ID_KEY] = logger.run_id
+            checkpoint[TRACKING_URI_KEY] = logger.tracking_uri
 
 
 class LogConfigToMLflow(SaveConfigCallback):
@@ -271,8 +318,8 @@ class LogConfigToMLflow(SaveConfigCallback):
         super().__init__(*args, **kwargs)
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        logger = trainer.logger
-        if not isinstance(logger, MLFlowLogger):
+        logger = mlflow_logger(trainer)
+        if logger is None:
             return
         text = self.parser.dump(self.config, skip_none=False)
         logger.experiment.log_text(logger.run_id, text, "config.yaml")

@@ -20,3 +20,32 @@ class SignalAt(L.Callback):
             if self.signum == signal.SIGINT:
                 raise KeyboardInterrupt  # what Python turns SIGINT into
             os.kill(os.getpid(), self.signum)
+
+
+class KillOnce(L.Callback):
+    """SIGKILLs its own process at training ``step``, the first time only (``marker`` remembers it).
+
+    A real SIGKILL: no handler, no cleanup, as when the OOM killer or a preempted node ends a worker.
+    """
+
+    def __init__(self, marker: str, step: int = 2) -> None:
+        self.marker = marker
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not os.path.exists(self.marker):
+            with open(self.marker, "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Slow(L.Callback):
+    """Sleeps ``seconds`` after every training step, so a test can act while a run is in progress."""
+
+    def __init__(self, seconds: float = 0.5) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        time.sleep(self.seconds)

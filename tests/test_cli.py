@@ -25,7 +25,7 @@ from fashion_cnn.network import count_parameters
 from fashion_cnn.system import FashionCNN
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "fashion_cnn" / "configs").glob("*.yaml"))
 
 
 def _client(work: Path) -> MlflowClient:
@@ -50,7 +50,7 @@ def test_every_config_parses_through_the_cli(config: Path, capsys: pytest.Captur
 
 
 def test_best_under_1m_recipe_is_under_1m_parameters() -> None:
-    model = yaml.safe_load((REPO / "configs" / "best_under_1m.yaml").read_text())["model"]
+    model = yaml.safe_load((REPO / "fashion_cnn" / "configs" / "best_under_1m.yaml").read_text())["model"]
     net = FashionCNN(**model).net
     assert count_parameters(net) == 630_410 < 1_000_000
 
@@ -65,7 +65,9 @@ def test_configs_cover_the_journal() -> None:
 
 
 def test_fit_records_everything_in_mlflow(workdir: Path) -> None:
-    result = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2"])
+    result = run_experiment(
+        REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2"]
+    )
     (run,) = _runs(workdir)
     assert run.info.run_id == result.run_id
     assert run.info.status == "FINISHED"
@@ -110,9 +112,9 @@ def test_fit_records_everything_in_mlflow(workdir: Path) -> None:
 
 
 def test_runs_never_share_files(workdir: Path) -> None:
-    a = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--seed_everything=1"])
-    b = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--seed_everything=2"])
-    c = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--seed_everything=2"])
+    a = run_experiment(REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--seed_everything=1"])
+    b = run_experiment(REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--seed_everything=2"])
+    c = run_experiment(REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--seed_everything=2"])
     assert len({a.run_id, b.run_id, c.run_id}) == 3
     assert len({Path(r.best_checkpoint).parent for r in (a, b, c)}) == 3
     assert [r.info.run_name for r in _runs(workdir)] == ["debug-seed1", "debug-seed2", "debug-seed2"]
@@ -128,7 +130,7 @@ def test_unseeded_run_records_its_seed(workdir: Path) -> None:
 
 
 def test_test_and_predict_rebuild_the_model_from_the_checkpoint(workdir: Path) -> None:
-    fit = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--model.filters=6"])
+    fit = run_experiment(REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--model.filters=6"])
     # No config: the architecture comes from the checkpoint alone.
     tested = run_experiment(
         None, ["--ckpt_path", fit.best_checkpoint, "--data.val_size=40"], subcommand="test"
@@ -160,10 +162,11 @@ def test_test_and_predict_rebuild_the_model_from_the_checkpoint(workdir: Path) -
 
 def test_resume_continues_the_same_run(workdir: Path) -> None:
     first = run_experiment(
-        REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=1", "--test_after_fit=false"]
+        REPO / "fashion_cnn" / "configs" / "debug.yaml",
+        [*TINY, "--trainer.max_epochs=1", "--test_after_fit=false"],
     )
     second = run_experiment(
-        REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2", "--ckpt_path=last"]
+        REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2", "--ckpt_path=last"]
     )
     assert second.run_id == first.run_id
     (run,) = _runs(workdir)
@@ -174,7 +177,9 @@ def test_resume_continues_the_same_run(workdir: Path) -> None:
 
 
 def test_resume_without_a_checkpoint_says_what_to_do(workdir: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["fit", "--config", str(REPO / "configs" / "debug.yaml"), "--ckpt_path", "last"])
+    code = main(
+        ["fit", "--config", str(REPO / "fashion_cnn" / "configs" / "debug.yaml"), "--ckpt_path", "last"]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "no checkpoint matches" in err and "debug-seed0" in err
@@ -201,7 +206,7 @@ def test_resume_without_a_checkpoint_says_what_to_do(workdir: Path, capsys: pyte
 def test_user_errors_are_one_clear_message(
     workdir: Path, capsys: pytest.CaptureFixture, args: list[str], fragments: list[str]
 ) -> None:
-    code = main(["fit", "--config", str(REPO / "configs" / "debug.yaml"), *TINY, *args])
+    code = main(["fit", "--config", str(REPO / "fashion_cnn" / "configs" / "debug.yaml"), *TINY, *args])
     err = capsys.readouterr().err
     assert code == 2
     assert "Traceback" not in err
@@ -239,7 +244,7 @@ def test_unreachable_tracking_server_fails_fast(workdir: Path, capsys: pytest.Ca
         [
             "fit",
             "--config",
-            str(REPO / "configs" / "debug.yaml"),
+            str(REPO / "fashion_cnn" / "configs" / "debug.yaml"),
             *TINY,
             f"--trainer.logger.init_args.tracking_uri={uri}",
         ]
@@ -252,7 +257,11 @@ def test_unreachable_tracking_server_fails_fast(workdir: Path, capsys: pytest.Ca
 @pytest.mark.realdata
 def test_console_script_on_real_data(tmp_path: Path) -> None:
     done = run_console_script(
-        tmp_path, "fit", "--config", str(REPO / "configs" / "debug.yaml"), data_dir=tmp_path / "data"
+        tmp_path,
+        "fit",
+        "--config",
+        str(REPO / "fashion_cnn" / "configs" / "debug.yaml"),
+        data_dir=tmp_path / "data",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -272,7 +281,7 @@ def test_interrupted_fit_is_killed_with_a_checkpoint_and_resumes(
     args = [
         "fit",
         "--config",
-        str(REPO / "configs" / "debug.yaml"),
+        str(REPO / "fashion_cnn" / "configs" / "debug.yaml"),
         *TINY,
         "--trainer.max_epochs=3",
         "--trainer.callbacks+=_faults.SignalAt",
@@ -292,7 +301,7 @@ def test_interrupted_fit_is_killed_with_a_checkpoint_and_resumes(
     assert (checkpoints / "last.ckpt").is_file() and (checkpoints / "interrupted.ckpt").is_file()
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 0
     resumed = run_experiment(
-        REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=3", "--ckpt_path=last"]
+        REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=3", "--ckpt_path=last"]
     )
     assert resumed.run_id == run.info.run_id
     (run,) = _runs(workdir)
@@ -302,7 +311,8 @@ def test_interrupted_fit_is_killed_with_a_checkpoint_and_resumes(
         # Resuming from last.ckpt repeats the uninterrupted run exactly: same data order,
         # dropout masks and augmentation per epoch (seeded from the seed and the epoch).
         straight = run_experiment(
-            REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=3", "--run_name=straight"]
+            REPO / "fashion_cnn" / "configs" / "debug.yaml",
+            [*TINY, "--trainer.max_epochs=3", "--run_name=straight"],
         )
         for key in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"):
             assert resumed.metrics[key] == straight.metrics[key], key
@@ -313,7 +323,7 @@ def test_non_finite_loss_stops_with_the_epoch_and_step(workdir: Path, capsys: py
         [
             "fit",
             "--config",
-            str(REPO / "configs" / "debug.yaml"),
+            str(REPO / "fashion_cnn" / "configs" / "debug.yaml"),
             *TINY,
             "--trainer.max_epochs=3",
             "--model.optimizer=sgd",
@@ -330,8 +340,8 @@ def test_non_finite_loss_stops_with_the_epoch_and_step(workdir: Path, capsys: py
 
 
 def test_same_seed_gives_identical_metrics(workdir: Path) -> None:
-    a = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2"])
-    b = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2"])
+    a = run_experiment(REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2"])
+    b = run_experiment(REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2"])
     assert a.run_id != b.run_id
     for key in ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc"):
         assert a.metrics[key] == b.metrics[key], key
@@ -341,7 +351,13 @@ def test_unwritable_output_dir(workdir: Path, capsys: pytest.CaptureFixture) -> 
     blocker = workdir / "file"
     blocker.write_text("")
     code = main(
-        ["fit", "--config", str(REPO / "configs" / "debug.yaml"), *TINY, f"--output_dir={blocker}/runs"]
+        [
+            "fit",
+            "--config",
+            str(REPO / "fashion_cnn" / "configs" / "debug.yaml"),
+            *TINY,
+            f"--output_dir={blocker}/runs",
+        ]
     )
     err = capsys.readouterr().err
     assert code == 2 and "--output_dir" in err and "cannot be written" in err
@@ -367,7 +383,7 @@ def test_concurrent_fits_in_one_folder(tmp_path: Path) -> None:
         "fashion_cnn.cli",
         "fit",
         "--config",
-        str(REPO / "configs" / "debug.yaml"),
+        str(REPO / "fashion_cnn" / "configs" / "debug.yaml"),
     ]
     procs = [
         subprocess.Popen(

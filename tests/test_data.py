@@ -377,11 +377,14 @@ def test_batches_dtypes_shapes_and_values(synthetic_idx_dir):
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (32, 1, 28, 28)
     assert labels.dtype == torch.int64 and labels.shape == (32,)
+    # Outside training the batch passes through as it is: the model prepares uint8 images itself.
     x, y = dm.on_after_batch_transfer((images, labels), 0)
-    assert x.dtype == torch.float32 and x.shape == (32, 1, 28, 28)
-    assert x.min() >= 0.0 and x.max() <= 1.0
-    torch.testing.assert_close(x, images.float() / 255)
-    assert y is labels
+    assert x is images and y is labels
+    # What the model is told to do with them: with normalize=false, only scale to [0, 1].
+    assert (dm.input_mean, dm.input_std) == (0.0, 1.0)
+    prepared = prepare_batch(images, dm.input_mean, dm.input_std)
+    assert prepared.dtype == torch.float32 and prepared.min() >= 0.0 and prepared.max() <= 1.0
+    torch.testing.assert_close(prepared, images.float() / 255)
 
     # Eval loaders: default batch max(batch_size, 256) covers the tiny sets in one batch, in order.
     ((val_images, val_labels),) = list(dm.val_dataloader())
@@ -435,10 +438,11 @@ class _FakeTrainer:
 def test_flip_augmentation_only_in_training(synthetic_idx_dir):
     dm = ready_dm(synthetic_idx_dir, stage="fit", batch_size=64, augment_flip=True, normalize=False)
     images, labels = next(iter(dm.train_dataloader()))
-    plain = images.float() / 255
+    plain = images
     torch.manual_seed(0)
     dm.trainer = _FakeTrainer(training=True)
     x, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert x.dtype == torch.uint8  # augmented as pixels; the model prepares them
     flipped = [torch.equal(x[i], plain[i].flip(-1)) for i in range(len(x))]
     unchanged = [torch.equal(x[i], plain[i]) for i in range(len(x))]
     assert all(f or u for f, u in zip(flipped, unchanged, strict=True))
@@ -509,7 +513,7 @@ def test_augmentation_runs_in_a_real_trainer_only_while_training(synthetic_idx_d
 
         def training_step(self, batch, batch_idx):
             seen["train"].append(batch[0])
-            return torch.nn.functional.cross_entropy(self.layer(batch[0].flatten(1)), batch[1])
+            return torch.nn.functional.cross_entropy(self.layer(batch[0].flatten(1).float()), batch[1])
 
         def validation_step(self, batch, batch_idx):
             seen["val"].append(batch[0])
@@ -529,8 +533,8 @@ def test_augmentation_runs_in_a_real_trainer_only_while_training(synthetic_idx_d
     )
     trainer.fit(Recorder(), datamodule=dm)
     assert calls == [True] * 3
-    assert all(b.dtype == torch.float32 for b in seen["train"] + seen["val"])
-    expected_val = prepare_batch(dm.val_set.images[dm.val_indices])
+    assert all(b.dtype == torch.uint8 for b in seen["train"] + seen["val"])  # the model prepares them
+    expected_val = dm.val_set.images[dm.val_indices]
     for batch in seen["val"]:  # sanity check + validation: never augmented
         torch.testing.assert_close(batch, expected_val)
 
@@ -554,7 +558,9 @@ def test_setup_moves_the_tensors_to_the_trainers_device(synthetic_idx_dir):
     images, labels = next(iter(dm.train_dataloader()))
     assert images.device.type == "meta" and images.shape == (16, 1, 28, 28)
     x, _ = dm.on_after_batch_transfer((images, labels), 0)
-    assert x.device.type == "meta" and x.dtype == torch.float32 and x.shape == (16, 1, 28, 28)
+    assert x.device.type == "meta" and x.dtype == torch.uint8 and x.shape == (16, 1, 28, 28)
+    prepared = prepare_batch(x, dm.input_mean, dm.input_std)  # what the model does, on the device
+    assert prepared.device.type == "meta" and prepared.dtype == torch.float32
 
 
 def test_the_dataset_is_held_once_and_never_copied_per_epoch(synthetic_idx_dir, tmp_path):
@@ -807,7 +813,7 @@ def test_trainer_predict_on_a_folder_needs_no_dataset(synthetic_idx_dir, tmp_pat
     dm = make_dm(synthetic_idx_dir, predict_dir=str(folder), source_dir=None, download=False)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     ((x, index),) = trainer.predict(Passthrough(), datamodule=dm)
-    assert x.dtype == torch.float32 and index.tolist() == [0, 1]
+    assert x.dtype == torch.uint8 and x.shape == (2, 1, 28, 28) and index.tolist() == [0, 1]
     assert dm.predict_names == ["one.png", "two.png"]
 
 

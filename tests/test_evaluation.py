@@ -22,10 +22,10 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from fashion_cnn import FashionCNN, FashionMNISTDataModule
+from fashion_cnn import FashionCNN, FashionMNISTDataModule, figures
 from fashion_cnn import evaluation as ev
-from fashion_cnn.cli import TRAINER_DEFAULTS, run_experiment
 from fashion_cnn.data import CLASS_NAMES, prepare_batch
+from fashion_cnn.experiment import TRAINER_DEFAULTS, run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 # The CLI may already register the callback by default; adding a second one would write twice.
@@ -56,8 +56,9 @@ def test_numbers_agree_with_torchmetrics() -> None:
     confusion = ev.confusion_matrix(preds, targets, 10)
     expected = MulticlassConfusionMatrix(num_classes=10)(probs, targets)
     assert torch.equal(confusion, expected)
+    assert confusion[targets[0], preds[0]] >= 1 and confusion.sum() == len(targets)  # row = true class
 
-    stats = ev.per_class_stats(confusion)
+    stats = ev.per_class_stats(preds, targets, 10)
     for ours, metric in [
         (stats.precision, MulticlassPrecision(num_classes=10, average=None)),
         (stats.recall, MulticlassRecall(num_classes=10, average=None)),
@@ -85,17 +86,16 @@ def test_ece_by_hand() -> None:
         ev.calibration_bins(probs, targets, n_bins=0)
 
 
-def test_most_confident_mistakes_and_unnormalize() -> None:
+def test_most_confident_mistakes_and_pixel_intensities() -> None:
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     targets = torch.tensor([1, 0, 1, 1])  # wrong: item 0 (0.9), 1 (0.8), 2 (0.6); right: item 3
     assert ev.most_confident_mistakes(probs, targets, 2).tolist() == [0, 1]
     assert ev.most_confident_mistakes(probs, targets, 10).tolist() == [0, 1, 2]
     pixels = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
-    for normalize in (True, False):
-        shown = ev.unnormalize(
-            prepare_batch(pixels, normalize=normalize), 0.2860405969887955, 0.35302424451492254, normalize
-        )
+    for mean, std in ((0.2860405969887955, 0.35302424451492254), (0.0, 1.0)):
+        shown = ev.pixel_intensities(prepare_batch(pixels, mean, std), mean, std)
         torch.testing.assert_close(shown * 255, pixels.float(), rtol=0, atol=1e-3)
+    torch.testing.assert_close(ev.pixel_intensities(pixels, 0.3, 0.4) * 255, pixels.float())  # raw pixels
 
 
 def test_callback_on_a_plain_trainer(
@@ -104,13 +104,13 @@ def test_callback_on_a_plain_trainer(
     """No MLflow: the report goes to output_dir, test/ece matches torchmetrics on the same model."""
     caplog.set_level(logging.INFO, logger="fashion_cnn.evaluation")
     shown = {}
-    plot = ev.plot_mistakes
+    plot = figures.plot_mistakes
 
     def record(*args):
         shown["args"] = args
         return plot(*args)
 
-    monkeypatch.setattr(ev, "plot_mistakes", record)
+    monkeypatch.setattr(figures, "plot_mistakes", record)
     L.seed_everything(0)
     model = FashionCNN(layers=2, filters=4, hidden=16, norm="batch", pool_every=1)
     datamodule = FashionMNISTDataModule(
@@ -150,10 +150,13 @@ def test_callback_on_a_plain_trainer(
 
 
 def test_fit_files_the_report_in_mlflow(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    fit = run_experiment(REPO / "configs" / "debug.yaml", [*TINY, *CALLBACK, "--trainer.max_epochs=2"])
+    fit = run_experiment(
+        REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, *CALLBACK, "--trainer.max_epochs=2"]
+    )
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     run = client.get_run(fit.run_id)
-    folder = workdir / "evaluation" / fit.run_id
+    # Beside the run's checkpoints, not in the working directory.
+    folder = workdir / "runs" / "debug-seed0" / fit.run_id / "evaluation"
     assert {p.name for p in folder.iterdir()} == REPORT | {"learning_curves.png"}
     artifacts = {a.path for a in client.list_artifacts(fit.run_id, "evaluation")}
     assert artifacts == {f"evaluation/{name}" for name in REPORT | {"learning_curves.png"}}
@@ -226,8 +229,8 @@ def test_empty_mistake_grid() -> None:
     buffer.add(torch.zeros(2, 1, 28, 28), torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 1]))
     images, targets, probs = buffer.gather(SimpleNamespace(world_size=1), num_classes=2)
     assert images.shape == (0, 1, 28, 28) and len(targets) == 0 and probs.shape == (0, 2)
-    figure = ev.plot_mistakes(images, targets, probs.argmax(1), probs.max(1).values, ["a", "b"])
-    assert figure._suptitle.get_text() == "No misclassified test image"
+    figure = figures.plot_mistakes(images, targets, probs.argmax(1), probs.max(1).values, ["a", "b"])
+    assert figure.get_suptitle() == "No misclassified test image"
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from _cli_args import QUIET_TRAINER
 from fashion_cnn import FashionCNN, FashionMNISTDataModule
 from fashion_cnn.cli import main
 from fashion_cnn.data import CLASS_NAMES, prepare_batch
-from fashion_cnn.export import DEFAULT_OPSET, export_main, export_onnx
+from fashion_cnn.export import DEFAULT_OPSET, export_onnx
 
 ATOL = 1e-4
 
@@ -31,7 +31,10 @@ def ort():
 def _checkpoint(path: Path, norm: str = "batch", normalize: bool | None = None, **arch) -> Path:
     """A checkpoint as fit writes it, with non-trivial BatchNorm statistics (no training needed)."""
     L.seed_everything(0)
-    model = FashionCNN(norm=norm, **({"layers": 2, "filters": 8, "hidden": 16, "pool_every": 1} | arch))
+    stats = {"input_mean": 0.0, "input_std": 1.0} if normalize is False else {}  # as fit links them
+    model = FashionCNN(
+        norm=norm, **({"layers": 2, "filters": 8, "hidden": 16, "pool_every": 1} | stats | arch)
+    )
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -76,10 +79,27 @@ def test_onnx_matches_pytorch_on_raw_pixels(ort, synthetic_idx_dir, tmp_path: Pa
         assert (probs.argmax(1) == expected[: len(batch)].argmax(1)).all()
 
 
+def test_checkpoints_from_before_uint8_input_keep_their_normalisation(ort, tmp_path: Path) -> None:
+    """Older checkpoints recorded normalize only with the datamodule; the export still honours it."""
+    ckpt = _checkpoint(tmp_path / "old.ckpt", normalize=False)
+    checkpoint = torch.load(ckpt, weights_only=True)
+    for key in ("input_mean", "input_std"):
+        del checkpoint["hyper_parameters"][key]
+    torch.save(checkpoint, ckpt)
+    path = export_onnx(ckpt, tmp_path / "old.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["normalize"] == "false"
+    images = torch.randint(
+        0, 256, (4, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    (logits, _) = session.run(None, {"pixels": images.numpy()})
+    assert np.abs(logits - _torch_logits(ckpt, images, normalize=False)).max() < ATOL
+
+
 def test_export_command(ort, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ckpt = _checkpoint(tmp_path / "model.ckpt", norm="instance")
     out = tmp_path / "model.onnx"
-    assert main(["export", "--ckpt_path", str(ckpt), "--output", str(out), "--opset", "17"]) == 0
+    assert main(["export", "--ckpt_path", str(ckpt), "--output_file", str(out), "--opset", "17"]) == 0
     assert f"exported {out}" in capsys.readouterr().err
     import onnx
 
@@ -103,7 +123,7 @@ def test_export_errors_are_one_clear_line(
 ) -> None:
     ckpt = tmp_path / "bad.ckpt"
     out = tmp_path / "model.onnx"
-    args = ["--ckpt_path", str(ckpt), "--output", str(out)]
+    args = ["--ckpt_path", str(ckpt), "--output_file", str(out)]
     if case == "text":
         ckpt.write_text("not a checkpoint")
     elif case == "other_model":
@@ -112,8 +132,8 @@ def test_export_errors_are_one_clear_line(
         args = []
     elif case in ("opset", "output_dir"):
         _checkpoint(ckpt)
-        args += ["--opset", "9"] if case == "opset" else ["--output", str(tmp_path)]
-    code = export_main(args)
+        args += ["--opset", "9"] if case == "opset" else ["--output_file", str(tmp_path)]
+    code = main(["export", *args])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("fashion-cnn: error:") and "Traceback" not in err
@@ -126,7 +146,7 @@ def test_missing_onnx_says_what_to_install(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
-    code = export_main(["--ckpt_path", str(tmp_path / "any.ckpt")])
+    code = main(["export", "--ckpt_path", str(tmp_path / "any.ckpt")])
     err = capsys.readouterr().err
     assert code == 2 and 'pip install "fashion-cnn[onnx]"' in err and "onnxruntime" in err
 
@@ -134,7 +154,7 @@ def test_missing_onnx_says_what_to_install(
 def test_failed_export_keeps_the_previous_file(ort, tmp_path: Path) -> None:
     out = tmp_path / "model.onnx"
     out.write_bytes(b"previous")
-    assert export_main(["--ckpt_path", str(tmp_path / "missing.ckpt"), "--output", str(out)]) == 2
+    assert main(["export", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--output_file", str(out)]) == 2
     assert out.read_bytes() == b"previous"
 
 

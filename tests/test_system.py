@@ -7,10 +7,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from _cli_args import QUIET_TRAINER
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from fashion_cnn import FashionCNN
+from fashion_cnn import FashionCNN, FashionMNISTDataModule
+from fashion_cnn.data import prepare_batch
 
 
 def _loader(n: int = 64, seed: int = 0) -> DataLoader:
@@ -174,3 +176,56 @@ def test_compiled_model_matches_and_checkpoints_interchange(tmp_path: Path) -> N
     x = torch.randn(3, 1, 28, 28)
     assert torch.allclose(eager(x), compiled(x), atol=1e-5)
     assert set(compiled.state_dict()) == set(eager.state_dict())
+
+
+def test_a_plain_pytorch_loop_over_the_datamodule_trains(synthetic_idx_dir) -> None:
+    """The loaders yield uint8 images; FashionCNN prepares them itself, so no Lightning is needed."""
+    torch.manual_seed(0)
+    datamodule = FashionMNISTDataModule(
+        source_dir=str(synthetic_idx_dir.source_dir), val_size=40, batch_size=16
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = FashionCNN(layers=2, filters=8, hidden=32, pool_every=1, norm="batch")
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert images.dtype == torch.uint8
+    model.train()
+    losses = []
+    for _ in range(15):  # the same batch: the loss must fall
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+    # uint8 in equals the prepared floats in: the model's conversion is the datamodule's.
+    model.eval()
+    with torch.no_grad():
+        prepared = prepare_batch(images, datamodule.input_mean, datamodule.input_std)
+        torch.testing.assert_close(model(images), model(prepared))
+
+
+def test_train_dataloaders_argument_works(synthetic_idx_dir, tmp_path: Path) -> None:
+    datamodule = FashionMNISTDataModule(
+        source_dir=str(synthetic_idx_dir.source_dir), val_size=40, batch_size=32
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = FashionCNN(layers=2, filters=4, hidden=16, pool_every=1)
+    trainer = L.Trainer(**QUIET_TRAINER, max_epochs=1, default_root_dir=tmp_path)
+    trainer.fit(
+        model, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader()
+    )
+    assert trainer.state.finished and "train/loss" in trainer.callback_metrics
+
+
+def test_checkpoint_carries_the_pixel_normalisation(tmp_path: Path) -> None:
+    model = FashionCNN(layers=2, filters=4, hidden=16, pool_every=1, input_mean=0.0, input_std=1.0)
+    trainer = L.Trainer(**QUIET_TRAINER)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = FashionCNN.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
+    assert (loaded.hparams.input_mean, loaded.hparams.input_std) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="input_std=0"):
+        FashionCNN(input_std=0)

@@ -1,0 +1,70 @@
+"""The error types of fashion_cnn, in one place.
+
+Every error a user can fix derives from :class:`UserError`; the command line reports those as one
+``fashion-cnn: error: ...`` line and exit status 2, with no traceback. Anything else is a bug and
+keeps its traceback. Library code raises these; only :mod:`fashion_cnn.cli` turns them into exits.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad path, unusable checkpoint, bad setting); the message says how."""
+
+
+class ConfigError(UserError, ValueError):
+    """A setting, config file or study/sweep file that cannot work; names the key and what would."""
+
+
+class DataError(UserError, RuntimeError):
+    """The Fashion-MNIST data cannot be found, verified, written or read."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint file that is missing, unreadable or of another model."""
+
+
+class TrackingError(UserError):
+    """The MLflow tracking store or server cannot be used; names the URI and the fix."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional dependency is not installed; names the extra to install."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the epoch, step and causes."""
+
+
+class StudyError(ConfigError):
+    """A study file, or a study's command line, that cannot work; the message says how to fix it."""
+
+
+class ExecutorError(UserError):
+    """A study executor that cannot start or reach its cluster (Ray), or a run the cluster lost."""
+
+
+class Interrupted(Exception):  # noqa: N818 - it is an event, not a failure
+    """A run, study or sweep was interrupted (Ctrl+C or SIGTERM); finished work is kept.
+
+    Attributes:
+        signal_name: ``"SIGINT"`` or ``"SIGTERM"``, for the exit status (130 or 143).
+    """
+
+    def __init__(self, message: str, signal_name: str = "SIGINT") -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "ExecutorError",
+    "Interrupted",
+    "MissingDependencyError",
+    "NonFiniteLossError",
+    "StudyError",
+    "TrackingError",
+    "UserError",
+]

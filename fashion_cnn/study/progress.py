@@ -1,0 +1,141 @@
+"""How a study tells its user what is happening: a log, or one live progress display.
+
+The runner calls a :class:`Progress`; the library default logs, the console passes a
+:class:`ConsoleProgress` (tqdm): one bar with runs done, running, failed and left and a time
+estimate, and one line above it per finished run with its metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 07 s``, ``2 h 05 min``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class Estimator:
+    """Time left from the runs trained so far: per (study, variant) where one was seen, else the
+    mean of all, divided over the runs that go at once."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = max(1, slots)
+        self.durations: dict[tuple[str, str], list[float]] = {}
+
+    def record(self, key: tuple[str, str], seconds: float) -> None:
+        self.durations.setdefault(key, []).append(seconds)
+
+    def left(self, remaining: Iterable[tuple[str, str]]) -> float | None:
+        overall = [s for v in self.durations.values() for s in v]
+        if not overall:
+            return None
+        mean = sum(overall) / len(overall)
+        per_run = [
+            sum(self.durations[k]) / len(self.durations[k]) if k in self.durations else mean
+            for k in remaining
+        ]
+        return sum(per_run) / self.slots
+
+
+class Progress:
+    """Receives the events of a study run; this base class logs them."""
+
+    def __init__(self) -> None:
+        self.total = self.done = self.running = self.failed = 0
+        self.estimator = Estimator(1)
+        self._remaining: list[tuple[str, str]] = []
+
+    # ---- events, in the order they come
+
+    def note(self, line: str) -> None:
+        """A line of information (the plan, a reused run, a report written)."""
+        log.info("%s", line)
+
+    def begin(self, remaining: Sequence[tuple[str, str]], slots: int) -> None:
+        """Training starts: ``remaining`` (study, variant) pairs, ``slots`` runs at once."""
+        self.total, self.done, self.running, self.failed = len(remaining), 0, 0, 0
+        self._remaining = list(remaining)
+        self.estimator = Estimator(slots)
+
+    def started(self, label: str) -> None:
+        self.running += 1
+        self._refresh()
+
+    def finished(self, key: tuple[str, str], label: str, seconds: float, metrics: str) -> None:
+        self.running = max(0, self.running - 1)
+        self.done += 1
+        self.estimator.record(key, seconds)
+        if key in self._remaining:
+            self._remaining.remove(key)
+        self.note(f"{label} done in {duration(seconds)}  {metrics} | {self.status()}")
+        self._refresh()
+
+    def attempt_failed(self, label: str, message: str) -> None:
+        """A run failed; ``message`` says whether it is retried."""
+        self.failed += 1
+        self.note(f"{label} failed: {message}")
+        self._refresh()
+
+    def end(self) -> None:
+        """Training is over (finished, stopped or interrupted)."""
+
+    # ---- helpers
+
+    def status(self) -> str:
+        left = self.total - self.done
+        text = f"{self.done} done, {self.running} running, {self.failed} failed, {left} left"
+        eta = self.estimator.left(self._remaining)
+        return text + (f", ~{duration(eta)} to go" if eta is not None and left else "")
+
+    def _refresh(self) -> None:
+        pass
+
+
+class ConsoleProgress(Progress):
+    """One live tqdm bar on ``file`` (the console's stderr), lines printed above it."""
+
+    def __init__(self, file: IO[str]) -> None:
+        super().__init__()
+        self.file = file
+        self.bar: Any = None
+        self._start = time.monotonic()
+
+    def note(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(f"study: {line}", file=self.file)
+        else:
+            self.file.write(f"study: {line}\n")
+            self.file.flush()
+
+    def begin(self, remaining: Sequence[tuple[str, str]], slots: int) -> None:
+        from tqdm import tqdm
+
+        super().begin(remaining, slots)
+        self.bar = tqdm(total=self.total, file=self.file, unit="run", dynamic_ncols=True, desc="study")
+        self._refresh()
+
+    def finished(self, key: tuple[str, str], label: str, seconds: float, metrics: str) -> None:
+        super().finished(key, label, seconds, metrics)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def end(self) -> None:
+        if self.bar is not None:
+            self._refresh()
+            self.bar.close()
+            self.bar = None
+
+    def _refresh(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.status(), refresh=True)

@@ -1,0 +1,229 @@
+"""Trials as Ray tasks: on a local Ray started for the study, or on an existing cluster.
+
+Each trial is one task declaring ``run_cpus`` CPUs and ``run_gpus`` GPUs (fractions share a GPU);
+Ray places, schedules and retries them (``max_retries`` times when a worker process or node dies;
+an error raised by the run itself is not retried). The task sets torch's threads to its CPUs,
+since Ray's resources are logical and torch would otherwise use every core.
+
+Runs on several machines must log to an MLflow tracking server: :meth:`RayExecutor.prepare` says
+so before any run starts when the cluster has more than one node and the store is a local file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from fashion_cnn.errors import ExecutorError, Interrupted, MissingDependencyError
+from fashion_cnn.study.executors import OnDone, OnStart
+from fashion_cnn.study.trial import Trial, TrialFailed, run_trial
+from fashion_cnn.tracking import is_server
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = 'pip install "fashion-cnn[ray]"'
+CONNECT_TIMEOUT_S = 5.0
+# Passed on to every task (MLflow's credentials and artifact store settings among them), so workers
+# on other machines log where the driver would.
+FORWARDED_ENV = (
+    "FASHION_CNN_DATA_DIR",
+    "XDG_CACHE_HOME",
+    "PYTHONPATH",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_CONNECTION_STRING",
+)
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or :class:`MissingDependencyError` naming the extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependencyError(
+            f"--executor ray needs Ray, which is not installed: {INSTALL_HINT}"
+        ) from None
+    return ray
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise :class:`ExecutorError` within ``timeout`` s if nothing listens at ``host:port``."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ExecutorError(
+            f"--ray_address {address!r} is not host:port (or auto, or ray://host:port); e.g. 10.0.0.5:6379"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ExecutorError(
+            f"--ray_address {address}: no Ray cluster answers there ({exc.strerror or exc}). Start one with "
+            "`ray start --head` on that machine, or check the address and port."
+        ) from None
+
+
+class RayExecutor:
+    """Runs trials as Ray tasks.
+
+    Args:
+        address: An existing cluster (``auto``, ``host:port``, ``ray://host:port``); None starts a
+            local Ray for the study and stops it afterwards.
+        workers: Runs at once. Local Ray: it gets ``workers × run_cpus`` CPUs (default: all cores).
+            A cluster: at most this many tasks are in flight (default: as many as its resources take).
+        run_cpus: CPUs (and torch threads) per run.
+        run_gpus: GPUs per run; 0.25 puts four runs on each GPU.
+        max_retries: How often a run whose worker or node died is started again.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        run_cpus: int = 1,
+        run_gpus: float = 0.0,
+        max_retries: int = 2,
+    ) -> None:
+        self.address = address
+        self.workers = workers
+        self.run_cpus = run_cpus
+        self.threads: int | None = run_cpus
+        self.run_gpus = run_gpus
+        self.max_retries = max_retries
+        self.slots = workers or 1
+        self._ray: Any = None
+        self._started_local = False
+
+    def prepare(self, tracking_uri: str) -> None:
+        """Start or join Ray, then check the cluster can run the trials as configured.
+
+        Raises:
+            MissingDependencyError: Ray is not installed.
+            ExecutorError: The address does not answer, no node is big enough for one run, or a
+                multi-node cluster would log to a local file store.
+        """
+        ray = import_ray()
+        if self.address not in (None, "auto"):
+            check_reachable(self.address)
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        options: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,  # each run's output goes to its own log file
+            "configure_logging": False,
+            "runtime_env": {"env_vars": env},
+        }
+        if self.address is None:
+            local_cpus = os.cpu_count() or 1
+            workers = self.workers or max(1, local_cpus // self.run_cpus)
+            options["num_cpus"] = workers * self.run_cpus
+        try:
+            ray.init(address=self.address, **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = self.address or "a local Ray"
+            raise ExecutorError(
+                f"--executor ray: cannot start or join {where}: {str(exc).splitlines()[0]}"
+            ) from None
+        self._ray = ray
+        self._started_local = self.address is None
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        cpus = [float(n["Resources"].get("CPU", 0)) for n in nodes]
+        gpus = [float(n["Resources"].get("GPU", 0)) for n in nodes]
+        if self.run_cpus > max(cpus, default=0):
+            self.close()
+            raise ExecutorError(
+                f"--run_cpus {self.run_cpus}: no node of the cluster has that many CPUs (largest: "
+                f"{max(cpus, default=0):g}); ask for fewer"
+            )
+        if self.run_gpus > max(gpus, default=0):
+            self.close()
+            raise ExecutorError(
+                f"--run_gpus {self.run_gpus:g}: no node of the cluster has that many GPUs (largest: "
+                f"{max(gpus, default=0):g}); ask for fewer, or 0 to train on CPUs"
+            )
+        if len(nodes) > 1 and not is_server(tracking_uri):
+            self.close()
+            raise ExecutorError(
+                f"the Ray cluster has {len(nodes)} nodes, but the runs would log to {tracking_uri}, "
+                "which only this machine can reach. Start an MLflow tracking server (see docs/studies.md, "
+                "'On a cluster') and pass its URL as MLFLOW_TRACKING_URI or "
+                "--trainer.logger.init_args.tracking_uri."
+            )
+        capacity = sum(self._fits(c, g) for c, g in zip(cpus, gpus, strict=True))
+        self.slots = max(1, min(self.workers or capacity, capacity))
+        log.info(
+            "Ray: %d node(s), %g CPUs, %g GPUs; %d run(s) at once (%d CPU, %g GPU each)",
+            len(nodes),
+            sum(cpus),
+            sum(gpus),
+            self.slots,
+            self.run_cpus,
+            self.run_gpus,
+        )
+
+    def _fits(self, cpus: float, gpus: float) -> int:
+        by_cpu = math.floor(cpus / self.run_cpus)
+        by_gpu = math.floor(gpus / self.run_gpus + 1e-9) if self.run_gpus else by_cpu
+        return min(by_cpu, by_gpu)
+
+    def run(self, trials: Sequence[Trial], on_start: OnStart, on_done: OnDone) -> None:
+        ray = self._ray
+        from ray.exceptions import RayTaskError, TaskCancelledError
+
+        task = ray.remote(run_trial).options(
+            num_cpus=self.run_cpus,
+            num_gpus=self.run_gpus,
+            max_retries=self.max_retries,
+            retry_exceptions=False,  # a run's own error (a bad setting) fails the same way again
+        )
+        queue = list(trials)
+        pending: dict[Any, Trial] = {}
+        try:
+            while queue or pending:
+                # Keep at most `slots` tasks in flight, so "running" means running, not queued.
+                while queue and len(pending) < self.slots:
+                    trial = queue.pop(0)
+                    pending[task.remote(trial)] = trial
+                    on_start(trial)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    trial = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except RayTaskError as exc:
+                        cause = exc.cause if isinstance(exc.cause, Exception) else exc
+                        if isinstance(cause, (TrialFailed, Interrupted)):
+                            raise cause from None
+                        raise ExecutorError(
+                            f"{trial.label} failed on Ray: {type(cause).__name__}: {cause}"
+                        ) from None
+                    except TaskCancelledError:
+                        raise Interrupted(f"{trial.label} was cancelled") from None
+                    except ray.exceptions.RayError as exc:  # worker or node died, retries exhausted
+                        raise ExecutorError(
+                            f"{trial.label}: Ray lost the run {self.max_retries + 1} times "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                            f"see its log {trial.log_file}"
+                        ) from None
+                    on_done(trial, result)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)  # kills the worker processes: nothing keeps training
+
+    def close(self) -> None:
+        if self._ray is not None and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._ray = None

@@ -1,0 +1,424 @@
+"""A study's report: results read back from MLflow, judged claims, figures, ``report.md``.
+
+:func:`write_report` writes ``report.md``, ``final_metrics.png``, ``learning_curves.png`` and
+``results.json`` to the study's output folder and logs them on the parent run. Everything comes
+from the finished child runs in the tracking store, so the report is the same whichever executor
+trained them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fashion_cnn import figures
+from fashion_cnn.study.claims import Claim
+from fashion_cnn.study.plan import StudyPlan, hashable, identical_variants, override_args
+from fashion_cnn.study.progress import duration
+from fashion_cnn.study.spec import Study
+from fashion_cnn.study.verdicts import Evaluation, evaluate_claim, fmt, fmt_p, mean_ci, rule_lines
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyResults:
+    """What the report needs, read back from the finished child runs."""
+
+    samples: dict[str, dict[str, list[float]]]  # metric -> variant -> one value per seed
+    curves: dict[str, dict[str, list[list[float]]]]  # metric -> variant -> per seed, per epoch
+    num_params: dict[str, int | None]
+    wall: dict[str, float | None]  # mean seconds per run
+    runs: list[tuple[str, int, Any]]  # (variant, seed, Run)
+    evaluations: list[Evaluation]
+
+
+def collect_results(plan: StudyPlan, client: Any) -> StudyResults:
+    """Gather final metrics, learning curves, parameter counts and wall times, and judge the claims."""
+    study = plan.study
+    names = [vp.variant.name for vp in plan.variants]
+    samples: dict[str, dict[str, list[float]]] = {m.name: {v: [] for v in names} for m in study.metrics}
+    curves: dict[str, dict[str, list[list[float]]]] = {c: {v: [] for v in names} for c in study.curves}
+    params: dict[str, int | None] = {}
+    wall: dict[str, list[float]] = {v: [] for v in names}
+    runs = []
+    for vp in plan.variants:
+        name = vp.variant.name
+        params[name] = vp.num_params
+        for seed in plan.seeds:
+            run = plan.finished.get((name, seed))
+            if run is None:
+                continue
+            runs.append((name, seed, run))
+            for m in study.metrics:
+                if m.name in run.data.metrics:
+                    samples[m.name][name].append(float(run.data.metrics[m.name]))
+            for c in study.curves:
+                history = sorted(
+                    client.get_metric_history(run.info.run_id, c), key=lambda h: (h.step, h.timestamp)
+                )
+                if history:
+                    curves[c][name].append([h.value for h in history])
+            logged = run.data.params.get("num_params")
+            if logged and logged.isdigit():
+                params[name] = int(logged)
+            if run.info.end_time and run.info.start_time:
+                wall[name].append((run.info.end_time - run.info.start_time) / 1000.0)
+    evaluations = [evaluate_claim(c, samples[c.metric], study.metric(c.metric)) for c in study.claims]
+    return StudyResults(
+        samples,
+        curves,
+        params,
+        {k: (sum(v) / len(v) if v else None) for k, v in wall.items()},
+        runs,
+        evaluations,
+    )
+
+
+def write_report(plan: StudyPlan, client: Any) -> Path:
+    """Write ``report.md``, the figures and ``results.json`` to the plan's output folder, and log
+    them as artifacts of the parent run. Returns the report's path."""
+    results = collect_results(plan, client)
+    out = plan.output
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _figures(plan, results, out)
+    report = out / "report.md"
+    report.write_text(_report_markdown(plan, results, figures))
+    data = out / "results.json"
+    data.write_text(json.dumps(_results_json(plan, results), indent=2, default=str))
+    if plan.parent_id:
+        for path in [report, data, *(out / f for f in figures.values())]:
+            client.log_artifact(plan.parent_id, str(path), "report")
+    return report
+
+
+def _report_markdown(plan: StudyPlan, results: StudyResults, figures: Mapping[str, str]) -> str:
+    study = plan.study
+    expected_runs = len(plan.variants) * len(plan.seeds)
+    lines = [
+        f"# {study.title}",
+        "",
+        f"Study `{study.name}` from `{rel(study.path)}`: {len(plan.variants)} "
+        f"variant{'' if len(plan.variants) == 1 else 's'} × "
+        f"{len(plan.seeds)} seeds "
+        f"({', '.join(map(str, plan.seeds))}); {len(results.runs)} of {expected_runs} runs finished. "
+        f"MLflow parent run `{plan.parent_id}` in experiment `{plan.experiment}` ({plan.tracking_uri}), "
+        f"study hash `{plan.study_hash}`. Generated {now()}.",
+        "",
+        "## Hypothesis",
+        "",
+        f"> {study.hypothesis}",
+        "",
+        "## Setup",
+        "",
+        *_setup_lines(plan),
+        "",
+        "## Results",
+        "",
+        "Mean ± half-width of the 95 % t-interval over seeds (n per variant in brackets). The journal's "
+        "figures are single runs at its own budget.",
+        "",
+    ]
+    lines += results_table(plan, results)
+    lines += [
+        "",
+        "| variant | parameters (ours) | parameters (journal) | mean wall time per run |",
+        "|---|---:|---:|---:|",
+    ]
+    for vp in plan.variants:
+        name = vp.variant.name
+        journal = vp.variant.journal.get("params")
+        wall = results.wall.get(name)
+        lines.append(
+            f"| {name} | {fmt_int(results.num_params.get(name))} | {fmt_int(journal)} | "
+            f"{duration(wall) if wall is not None else '–'} |"
+        )
+    for key, caption in (
+        (
+            "final",
+            "Final metrics: mean and 95 % CI per variant; dots are seeds, crosses the journal's single runs.",
+        ),
+        (
+            "curves",
+            "Learning curves: mean over seeds per epoch with its 95 % CI (band, or bars for one epoch).",
+        ),
+    ):
+        if key in figures:
+            lines += ["", f"![{caption}]({figures[key]})", "", f"*{caption}*"]
+    lines += ["", "## Expected outcomes", ""]
+    lines += claims_table(plan, results.evaluations)
+    lines += ["", *claim_sentences(plan, results.evaluations)]
+    if study.unchecked:
+        lines += ["", "Not tested here (the study has no measurement for them):", ""]
+        lines += [f"- {u}" for u in study.unchecked]
+    lines += [
+        "",
+        "## Decision rule",
+        "",
+        *rule_lines(),
+        "",
+        "## Runs",
+        "",
+        "| variant | seed | run id | " + " | ".join(m.name for m in study.metrics) + " | wall time |",
+        "|---|---:|---|" + "---:|" * len(study.metrics) + "---:|",
+    ]
+    for name, seed, run in results.runs:
+        values = " | ".join(fmt(run.data.metrics.get(m.name, math.nan)) for m in study.metrics)
+        wall = duration((run.info.end_time - run.info.start_time) / 1000.0) if run.info.end_time else "–"
+        lines.append(f"| {name} | {seed} | `{run.info.run_id}` | {values} | {wall} |")
+    return "\n".join(lines) + "\n"
+
+
+def _setup_lines(plan: StudyPlan) -> list[str]:
+    study = plan.study
+    lines = [f"- Base config: `{rel(study.base)}`" if study.base else "- Base config: the CLI defaults"]
+    if study.overrides:
+        lines.append(f"- Study overrides: `{' '.join(override_args(study.overrides))}`")
+    lines.append(
+        "- Command-line overrides for every run: "
+        + (f"`{' '.join(plan.cli_overrides)}`" if plan.cli_overrides else "none")
+    )
+    for change in budget_changes(plan):
+        lines.append(f"  - {change}")
+    lines += [
+        "",
+        "| variant | config | overrides | epochs | train batches per epoch |",
+        "|---|---|---|---:|---:|",
+    ]
+    for vp in plan.variants:
+        trainer = vp.resolved.get("trainer") or {}
+        lines.append(
+            f"| {vp.variant.name} | `{rel(vp.config) if vp.config else 'defaults'}` | "
+            f"{' '.join(f'`{a}`' for a in override_args(vp.variant.overrides)) or '–'} | "
+            f"{trainer.get('max_epochs')} | {_show(str(trainer.get('limit_train_batches') or 'all'))} |"
+        )
+    for group in identical_variants(plan):
+        lines += [
+            "",
+            f"**Note:** {', '.join(group)} resolve to the same configuration in this study "
+            "(only the seeds make their results differ); a claim between them tests nothing.",
+        ]
+    return lines
+
+
+def budget_changes(plan: StudyPlan, per_variant: bool = True) -> list[str]:
+    """What the command-line overrides changed, per setting: 'trainer.max_epochs: 3 → 1 (a, b)'."""
+    changes: dict[tuple[str, str, str], list[str]] = {}
+    for vp in plan.variants:
+        if vp.as_configured is None:
+            continue
+        before, after = hashable(vp.as_configured), hashable(vp.resolved)
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                changes.setdefault((key, str(before.get(key)), str(after.get(key))), []).append(
+                    vp.variant.name
+                )
+    everyone = len(plan.variants)
+    return [
+        f"`{k}`: {_show(b)} → {_show(a)}"
+        + ("" if len(v) == everyone or not per_variant else f" ({', '.join(v)})")
+        for (k, b, a), v in changes.items()
+    ]
+
+
+def _show(text: str) -> str:
+    """'30.0' -> '30' (the CLI reads integer batch limits as floats)."""
+    return text[:-2] if re.fullmatch(r"\d+\.0", text) else text
+
+
+def results_table(plan: StudyPlan, results: StudyResults) -> list[str]:
+    study = plan.study
+    header = (
+        "| variant | "
+        + " | ".join(f"{m.name} ({m.direction} is better) | journal" for m in study.metrics)
+        + " |"
+    )
+    lines = [header, "|---|" + "---:|---:|" * len(study.metrics)]
+    for vp in plan.variants:
+        name = vp.variant.name
+        cells = []
+        for m in study.metrics:
+            values = results.samples[m.name][name]
+            cells.append(_mean_cell(values))
+            cells.append(fmt(vp.variant.journal[m.name]) if m.name in vp.variant.journal else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _mean_cell(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    ci = mean_ci(values)
+    if ci.n < 2:
+        return f"{fmt(ci.mean)} (n = 1)"
+    return f"{fmt(ci.mean)} ± {ci.half_width:.4f} (n = {ci.n})"
+
+
+def claims_table(plan: StudyPlan, evaluations: Sequence[Evaluation]) -> list[str]:
+    lines = [
+        "| # | the journal expected | checked as | verdict | test | p (claim) | difference (95 % CI) | "
+        "Cohen's d | journal's figures |",
+        "|---|---|---|---|---|---:|---|---:|---|",
+    ]
+    for i, ev in enumerate(evaluations, 1):
+        c = ev.claim
+        diff = (
+            f"{fmt(ev.difference, sign=c.kind != 'between')} [{fmt(ev.ci[0], sign=c.kind != 'between')}, "
+            f"{fmt(ev.ci[1], sign=c.kind != 'between')}]"
+        )
+        if c.kind == "between":
+            diff = f"mean {diff}"
+        elif ev.compared_with and c.kind in ("best", "worst"):
+            diff += f" vs {ev.compared_with}"
+        lines.append(
+            f"| {i} | {c.journal or '–'} | {c.text} | **{ev.verdict}** | {ev.test} | {fmt_p(ev.p_value)} | "
+            f"{diff} | {_d_text(ev.cohen_d)} | {_journal_figures(plan.study, c)} |"
+        )
+    return lines
+
+
+def claim_sentences(plan: StudyPlan, evaluations: Sequence[Evaluation]) -> list[str]:
+    lines = []
+    for i, ev in enumerate(evaluations, 1):
+        line = f"{i}. **{ev.verdict}** ({ev.claim.text}): {ev.sentence}"
+        if isinstance(ev.claim.b, str):
+            line += f" *{_differences(plan, ev.claim.a, ev.claim.b)}*"
+        lines.append(line)
+    return lines
+
+
+def _differences(plan: StudyPlan, a: str, b: str) -> str:
+    """'a and b differ in: model.norm (instance vs batch).', from their resolved configs, and how
+    they differ as the study files configure them if the command line changed that."""
+    plans = {vp.variant.name: vp for vp in plan.variants}
+
+    def diff(attr: str) -> list[str] | None:
+        ra, rb = getattr(plans[a], attr), getattr(plans[b], attr)
+        if ra is None or rb is None:
+            return None
+        ra, rb = hashable(ra), hashable(rb)
+        return [
+            f"{k} ({ra.get(k)} vs {rb.get(k)})" for k in sorted(set(ra) | set(rb)) if ra.get(k) != rb.get(k)
+        ]
+
+    here = diff("resolved") or []
+    text = (
+        (f"{a} and {b} differ in: " + "; ".join(here) + ".")
+        if here
+        else (f"{a} and {b} have the same settings here: only the seeds differ.")
+    )
+    configured = diff("as_configured")
+    if configured is not None and configured != here:
+        text += " As the study files configure them (the journal's budget): " + (
+            "; ".join(configured) + "." if configured else "the same settings."
+        )
+    return text
+
+
+def _journal_figures(study: Study, claim: Claim) -> str:
+    names = [claim.a] + ([claim.b] if isinstance(claim.b, str) else [])
+    if claim.kind in ("best", "worst"):
+        names = [v.name for v in study.variants]
+    parts = [
+        f"{n} {fmt(study.variant(n).journal[claim.metric])}"
+        for n in names
+        if claim.metric in study.variant(n).journal
+    ]
+    return ", ".join(parts) or "–"
+
+
+def _d_text(d: float) -> str:
+    if math.isnan(d):
+        return "–"
+    return f"{d:+.2f}".replace("-", "−") if math.isfinite(d) else fmt(d)
+
+
+def _figures(plan: StudyPlan, results: StudyResults, out: Path) -> dict[str, str]:
+    if not figures.matplotlib_available():
+        log.warning("matplotlib is not installed; the report has no figures (pip install matplotlib)")
+        return {}
+    study = plan.study
+    names = [vp.variant.name for vp in plan.variants]
+    estimates = {m.name: {n: _estimate(results.samples[m.name][n]) for n in names} for m in study.metrics}
+    journal = {n: dict(study.variant(n).journal) for n in names}
+    fig = figures.plot_final_metrics(
+        study.title, [(m.name, m.direction) for m in study.metrics], estimates, journal
+    )
+    written = {"final": figures.save_figure(fig, out / "final_metrics.png", dpi=110).name}
+    curves = {}
+    for c in study.curves:
+        per_variant = {}
+        for n in names:
+            per_seed = results.curves[c][n]
+            if per_seed:
+                epochs = min(len(h) for h in per_seed)
+                per_variant[n] = [_estimate([h[e] for h in per_seed]) for e in range(epochs)]
+        if per_variant:
+            curves[c] = per_variant
+    if curves:
+        fig = figures.plot_study_curves(study.title, curves)
+        written["curves"] = figures.save_figure(fig, out / "learning_curves.png", dpi=110).name
+    return written
+
+
+def _estimate(values: Sequence[float]) -> figures.Estimate | None:
+    if not values:
+        return None
+    ci = mean_ci(values)
+    return figures.Estimate(ci.mean, ci.low, ci.high, list(values))
+
+
+def _results_json(plan: StudyPlan, results: StudyResults) -> dict[str, Any]:
+    return {
+        "study": plan.study.name,
+        "title": plan.study.title,
+        "hash": plan.study_hash,
+        "parent_run_id": plan.parent_id,
+        "seeds": plan.seeds,
+        "overrides": plan.cli_overrides,
+        "samples": results.samples,
+        "num_params": results.num_params,
+        "mean_wall_s": results.wall,
+        "claims": [
+            {
+                "claim": e.claim.text,
+                "journal": e.claim.journal,
+                "verdict": e.verdict,
+                "test": e.test,
+                "p": e.p_value,
+                "difference": e.difference,
+                "ci": list(e.ci),
+                "cohen_d": e.cohen_d,
+                "sentence": e.sentence,
+            }
+            for e in results.evaluations
+        ],
+        "runs": [{"variant": v, "seed": s, "run_id": r.info.run_id} for v, s, r in results.runs],
+    }
+
+
+def fmt_int(value: Any) -> str:
+    return "–" if value is None else f"{int(value):,}"
+
+
+def rel(path: Path | None) -> str:
+    """A path relative to the working directory, else from its ``configs`` folder on."""
+    if path is None:
+        return "–"
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        parts = path.parts
+        return str(Path(*parts[parts.index("configs") :])) if "configs" in parts else str(path)
+
+
+def now() -> str:
+    return _dt.datetime.now().strftime("%Y-%m-%d %H:%M")

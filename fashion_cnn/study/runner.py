@@ -1,0 +1,296 @@
+"""Running studies: plan everything, reuse what is done, hand the rest to an executor, report.
+
+:func:`run_studies` is the whole life of ``fashion-cnn study``. Every study file is loaded and every
+variant resolved before the first run starts. Finished runs of the same study (same hash) are kept;
+a finished run of any study with the same resolved config and seed is copied instead of trained;
+identical trials in one invocation train once. The executor (serial or Ray) trains the rest; the
+runner does all MLflow bookkeeping, so the records are the same whichever executor ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fashion_cnn.errors import ExecutorError, Interrupted, StudyError, UserError
+from fashion_cnn.experiment import ConfigResolver
+from fashion_cnn.study import store
+from fashion_cnn.study.combined import write_combined_report
+from fashion_cnn.study.executors import Executor, SerialExecutor
+from fashion_cnn.study.plan import DEFAULT_EXPERIMENT, StudyPlan, VariantPlan, describe_plan, plan_study
+from fashion_cnn.study.progress import Progress
+from fashion_cnn.study.report import write_report
+from fashion_cnn.study.spec import load_study
+from fashion_cnn.study.trial import Trial, TrialFailed, TrialResult
+from fashion_cnn.tracking import prepare_store, sqlite_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    """A trial to train and the other (study, variant, seed) slots its result fills."""
+
+    trial: Trial
+    plan: StudyPlan
+    vp: VariantPlan
+    seed: int
+    followers: list[tuple[StudyPlan, VariantPlan, int]] = field(default_factory=list)
+
+
+def run_studies(
+    paths: Sequence[str | Path],
+    overrides: Sequence[str] = (),
+    seeds: Sequence[int] | None = None,
+    output: str | Path | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    dry_run: bool = False,
+    report_only: bool = False,
+    reuse: bool = True,
+    combined_report: str | Path | None = None,
+    command: str | None = None,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    resolver: ConfigResolver | None = None,
+) -> list[StudyPlan]:
+    """Plan, run (what is missing) and report one or more studies.
+
+    Args:
+        paths: Study files (paths, or packaged names such as ``studies/dropout``).
+        overrides: ``--key=value`` CLI strings applied to every run, after the study's own.
+        seeds: Seeds to use instead of the study files' ``seeds``.
+        output: Report folder for a single study; with several, each goes to ``output/<name>``.
+            Default ``studies/<name>``. Runs file their checkpoints and logs under it.
+        experiment: MLflow experiment of the parent and child runs.
+        dry_run: Only report the plan through ``progress``.
+        report_only: Write reports from the runs already finished; run nothing.
+        reuse: Copy the results of a finished trial of another study in the same experiment that
+            has the same resolved config and seed, instead of training again.
+        combined_report: Also write one Markdown document over all studies here.
+        command: The command line to quote in the combined report.
+        executor: Where trials run (default: :class:`SerialExecutor`, in this process).
+        progress: Receives the events (default: log lines).
+        resolver: A config resolver to reuse (building one takes about half a second).
+
+    Raises:
+        StudyError: For unusable study files or overrides (before any run starts).
+        TrialFailed: A run failed for a user reason; the study stopped there.
+        ExecutorError: The executor could not start, or lost a run for good.
+        Interrupted: Ctrl+C or SIGTERM; finished runs are kept, running ones marked KILLED.
+    """
+    from mlflow.tracking import MlflowClient
+
+    progress = progress or Progress()
+    executor = executor or SerialExecutor()
+    studies = [load_study(p) for p in paths]
+    names = [s.name for s in studies]
+    if len(set(names)) != len(names):
+        raise StudyError(
+            f"two study files share a name ({', '.join(sorted(names))}); set a different name: in one of them"
+        )
+    studies.sort(key=lambda s: _part_key(s.part))  # stable: files of one part keep their order
+    resolver = resolver or ConfigResolver()
+    plans = []
+    for study in studies:
+        out = None if output is None else (Path(output) if len(studies) == 1 else Path(output) / study.name)
+        out = (out or Path("studies") / study.name).absolute()  # Ray workers run in other folders
+        plans.append(plan_study(study, overrides, seeds, experiment, out, resolver))
+    clients: dict[str, Any] = {}
+    for plan in plans:
+        if dry_run and not _store_exists(plan.tracking_uri):
+            continue  # a dry run creates no database
+        if plan.tracking_uri not in clients:
+            prepare_store(plan.tracking_uri, experiment)
+            clients[plan.tracking_uri] = MlflowClient(plan.tracking_uri)
+        store.find_runs(plan, clients[plan.tracking_uri])
+    total = sum(p.total for p in plans)
+    todo = sum(len(p.todo) for p in plans)
+    progress.note(
+        f"{len(plans)} stud{'y' if len(plans) == 1 else 'ies'}, {total} runs planned, "
+        f"{total - todo} already finished, {todo} to run" + (" (dry run)" if dry_run else "")
+    )
+    if dry_run:
+        for plan in plans:
+            for line in describe_plan(plan):
+                progress.note(line)
+        return plans
+    if not report_only and todo:
+        _train(plans, clients, executor, progress, reuse)
+    for plan in plans:
+        if plan.parent_id is None:
+            progress.note(f"[{plan.study.name}] no runs yet; nothing to report")
+            continue
+        client = clients[plan.tracking_uri]
+        store.find_runs(plan, client)
+        progress.note(f"[{plan.study.name}] report written to {write_report(plan, client)}")
+    if combined_report is not None:
+        path = write_combined_report(plans, clients, combined_report, command)
+        progress.note(f"combined report written to {path}")
+    return plans
+
+
+def _train(
+    plans: Sequence[StudyPlan],
+    clients: Mapping[str, Any],
+    executor: Executor,
+    progress: Progress,
+    reuse: bool,
+) -> None:
+    """Open the parents, copy reusable runs, train the rest on ``executor``, close the parents."""
+    active = [p for p in plans if p.todo]
+    executor.prepare(active[0].tracking_uri)
+    try:
+        with _sigterm_raises():
+            try:
+                for plan in active:
+                    store.open_parent(plan, clients[plan.tracking_uri])
+                jobs = _jobs(active, clients, progress, reuse, executor)
+                progress.begin([(j.plan.study.name, j.vp.variant.name) for j in jobs], executor.slots)
+                by_key = {j.trial.key: j for j in jobs}
+
+                def on_done(trial: Trial, result: TrialResult) -> None:
+                    _finished(by_key[trial.key], result, clients, progress)
+
+                executor.run([j.trial for j in jobs], lambda t: progress.started(t.label), on_done)
+            except (KeyboardInterrupt, Interrupted) as exc:
+                _close(active, clients, "KILLED")
+                sig = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
+                raise Interrupted(
+                    "study interrupted; rerun the same command to continue (finished runs are kept)", sig
+                ) from None
+            except BaseException:
+                _close(active, clients, "FAILED")
+                raise
+            finally:
+                progress.end()
+    finally:
+        executor.close()
+    _close(active, clients, "FINISHED")
+
+
+def _jobs(
+    plans: Sequence[StudyPlan],
+    clients: Mapping[str, Any],
+    progress: Progress,
+    reuse: bool,
+    executor: Executor,
+) -> list[_Job]:
+    """The trials to train: one per distinct (resolved config, seed) still missing anywhere."""
+    jobs: dict[tuple[str, int], _Job] = {}
+    for plan in plans:
+        client = clients[plan.tracking_uri]
+        for vp, seed in plan.todo:
+            name = vp.variant.name
+            source = store.reusable_run(client, plan, vp, seed) if reuse else None
+            if source is not None:
+                _fill(plan, vp, seed, source, client)
+                origin = source.data.tags.get(store.TAG_REUSED, source.info.run_id)
+                progress.note(
+                    f"[{plan.study.name}] {name} seed {seed}: same config and seed as finished run {origin} "
+                    f"({source.data.tags.get(store.TAG_STUDY)}/{source.data.tags.get(store.TAG_VARIANT)}); "
+                    "reused its results"
+                )
+                continue
+            key = (vp.config_hash, seed)
+            if reuse and key in jobs:
+                jobs[key].followers.append((plan, vp, seed))
+                continue
+            jobs[key if reuse else (f"{plan.study.name}/{name}", seed)] = _Job(
+                _trial(plan, vp, seed, executor.threads), plan, vp, seed
+            )
+    return list(jobs.values())
+
+
+def _trial(plan: StudyPlan, vp: VariantPlan, seed: int, threads: int | None) -> Trial:
+    """The run's full config: the resolved variant with its seed, name, tags and tracking set."""
+    config = {k: v for k, v in vp.resolved.items() if k != "config"}
+    run_name = f"{plan.study.name}-{vp.variant.name}"
+    config["seed_everything"] = seed
+    config["run_name"] = run_name
+    logger = dict(config["trainer"]["logger"])
+    logger["init_args"] = {
+        **(logger.get("init_args") or {}),
+        "experiment_name": plan.experiment,
+        "tracking_uri": plan.tracking_uri,
+        "tags": store.trial_tags(plan, vp, seed),
+    }
+    config["trainer"] = {**config["trainer"], "logger": logger}
+    log_file = plan.output / "logs" / f"{run_name}-seed{seed}.log"
+    return Trial((plan.study.name, vp.variant.name, seed), config, str(log_file), threads)
+
+
+def _finished(job: _Job, result: TrialResult, clients: Mapping[str, Any], progress: Progress) -> None:
+    """Record a trained trial: end lost attempts, fill its slot and its followers', report it."""
+    plan, vp, seed = job.plan, job.vp, job.seed
+    client = clients[plan.tracking_uri]
+    # Attempts of this trial whose process died (a killed Ray worker) never ended their run.
+    store.end_running_children(client, plan, "FAILED", vp.variant.name, seed, keep=result.run_id)
+    run = client.get_run(result.run_id)
+    plan.finished[(vp.variant.name, seed)] = run
+    for other_plan, other_vp, other_seed in job.followers:
+        _fill(other_plan, other_vp, other_seed, run, clients[other_plan.tracking_uri])
+    metrics = "  ".join(
+        f"{m.name} {run.data.metrics[m.name]:.4f}" for m in plan.study.metrics if m.name in run.data.metrics
+    )
+    progress.finished((plan.study.name, vp.variant.name), job.trial.label, result.wall_s, metrics)
+
+
+def _fill(plan: StudyPlan, vp: VariantPlan, seed: int, source: Any, client: Any) -> None:
+    """Fill (plan, variant, seed) with a copy of the finished run ``source``."""
+    tags = store.trial_tags(plan, vp, seed)
+    run = store.copy_run(client, source, tags, f"{plan.study.name}-{vp.variant.name}-seed{seed}")
+    plan.finished[(vp.variant.name, seed)] = run
+
+
+def _close(plans: Sequence[StudyPlan], clients: Mapping[str, Any], status: str) -> None:
+    """End every parent (and, unless all went well, the children still RUNNING) with ``status``."""
+    for plan in plans:
+        if plan.parent_id is None:
+            continue
+        client = clients[plan.tracking_uri]
+        try:
+            if status != "FINISHED":
+                store.end_running_children(client, plan, "KILLED" if status == "KILLED" else "FAILED")
+            client.set_terminated(
+                plan.parent_id, status if status != "FINISHED" or not plan.todo else "FAILED"
+            )
+        except Exception:  # noqa: BLE001 - the store may be what failed; the original error matters
+            log.warning("could not mark study %s %s", plan.study.name, status, exc_info=True)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`Interrupted` while the study trains (the default would end the process
+    with runs left RUNNING); the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted("stopped by SIGTERM", "SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _store_exists(uri: str) -> bool:
+    db = sqlite_file(uri)
+    return db is None or db.is_file()
+
+
+def _part_key(part: str) -> tuple[int, str]:
+    match = re.match(r"(\d+)(.*)", part)
+    return (int(match.group(1)), match.group(2)) if match else (10**9, part)
+
+
+__all__ = ["ExecutorError", "Interrupted", "TrialFailed", "UserError", "run_studies"]

@@ -1,0 +1,425 @@
+"""Verdicts on claims: the statistics (from scipy.stats) and the sentences that report them.
+
+Decision rule, at ``alpha`` = 0.05 (each claim on its own, no correction across claims):
+
+- ``A beats B on M [by at least d]``: Welch's t-test, one-sided. Supported if p < alpha for "A
+  better than B by more than d" in M's direction; not supported if p < alpha for the opposite
+  one-sided hypothesis (A better by less than d, or worse); inconclusive otherwise. ``B`` may be a
+  number, then it is a one-sample t-test.
+- ``A is within d of B on M``: two one-sided tests (TOST). Supported if both p < alpha (the 90 %
+  CI of the difference lies inside (-d, d)); not supported if the difference is significantly
+  beyond d or below -d (one-sided p < alpha); inconclusive otherwise.
+- ``A is the best (worst) of all variants on M``: ``A beats X`` (``X beats A``) for every other
+  variant X. Supported if every one-sided p < alpha (an intersection-union test, so no correction
+  is needed); not supported if some X is significantly better (worse) at alpha / (k - 1)
+  (Bonferroni over the k - 1 rivals); inconclusive otherwise.
+- ``A is between L and U on M``: one-sample t-tests of the mean against both bounds. Supported if
+  mean > L and mean < U are both significant; not supported if mean < L or mean > U is.
+
+The p-values and intervals come from ``scipy.stats`` (``ttest_ind(equal_var=False)``,
+``ttest_1samp``, ``t``); this module owns the decision rule and the words.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from scipy import stats
+
+from fashion_cnn.study.claims import Claim, Metric
+
+ALPHA = 0.05
+
+Verdict = Literal["supported", "not supported", "inconclusive"]
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics: thin, tested wrappers over scipy.stats
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1 in the denominator; nan for one value)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = math.fsum(values) / n
+    if n == 1:
+        return mean, math.nan
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its two-sided t-based confidence interval over ``n`` seeds."""
+
+    mean: float
+    low: float
+    high: float
+    sd: float
+    n: int
+
+    @property
+    def half_width(self) -> float:
+        return 0.5 * (self.high - self.low)
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> Interval:
+    """Mean ± t_{(1+level)/2, n-1} · s/√n; the interval is nan for fewer than two values."""
+    mean, sd = mean_sd(values)
+    n = len(values)
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, sd, n)
+    half = float(stats.t.ppf(0.5 + level / 2.0, n - 1)) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, sd, n)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Mean of ``a`` minus the reference (the mean of ``b``, or a constant), with Welch's
+    standard error and Welch–Satterthwaite degrees of freedom (n_a - 1 against a constant)."""
+
+    a: tuple[float, ...]
+    b: tuple[float, ...] | float
+    diff: float
+    se: float
+    df: float
+    mean_a: float
+    mean_b: float
+    cohen_d: float
+
+    def _p(self, margin: float, alternative: Literal["greater", "less"]) -> float:
+        if math.isnan(self.df):
+            return math.nan
+        gap = self.diff - margin
+        if self.se == 0.0:  # no spread at all (scipy returns nan): the sign of the gap decides
+            if gap == 0:
+                return 0.5
+            return 0.0 if (gap > 0) == (alternative == "greater") else 1.0
+        # H1: diff > margin (or < margin) is a test of a - margin against b.
+        shifted = [x - margin for x in self.a]
+        if isinstance(self.b, float):
+            result = stats.ttest_1samp(shifted, self.b, alternative=alternative)
+        else:
+            result = stats.ttest_ind(shifted, list(self.b), equal_var=False, alternative=alternative)
+        return float(result.pvalue)
+
+    def p_greater(self, margin: float = 0.0) -> float:
+        """One-sided p-value of H1: diff > margin (Welch's t-test against H0: diff <= margin)."""
+        return self._p(margin, "greater")
+
+    def p_less(self, margin: float = 0.0) -> float:
+        """One-sided p-value of H1: diff < margin."""
+        return self._p(margin, "less")
+
+    def ci(self, level: float = 0.95) -> tuple[float, float]:
+        """Two-sided confidence interval of the difference."""
+        if math.isnan(self.df):
+            return math.nan, math.nan
+        half = float(stats.t.ppf(0.5 + level / 2.0, self.df)) * self.se if self.se > 0 else 0.0
+        return self.diff - half, self.diff + half
+
+
+def welch(a: Sequence[float], b: Sequence[float] | float) -> Difference:
+    """Welch's two-sample comparison of ``a`` with ``b``, or a one-sample one if ``b`` is a number.
+
+    Cohen's d uses the root mean square of the two standard deviations (or ``a``'s alone against a
+    constant); it is ±inf when the spread is zero and the means differ.
+    """
+    a = tuple(float(x) for x in a)
+    mean_a, sd_a = mean_sd(a)
+    n_a = len(a)
+    if isinstance(b, (int, float)):
+        mean_b = float(b)
+        if n_a < 2:
+            return Difference(a, mean_b, mean_a - mean_b, math.nan, math.nan, mean_a, mean_b, math.nan)
+        se = sd_a / math.sqrt(n_a)
+        return Difference(
+            a, mean_b, mean_a - mean_b, se, n_a - 1.0, mean_a, mean_b, _d(mean_a - mean_b, sd_a)
+        )
+    b = tuple(float(x) for x in b)
+    mean_b, sd_b = mean_sd(b)
+    n_b = len(b)
+    diff = mean_a - mean_b
+    if n_a < 2 or n_b < 2:
+        return Difference(a, b, diff, math.nan, math.nan, mean_a, mean_b, math.nan)
+    va, vb = sd_a**2 / n_a, sd_b**2 / n_b
+    se = math.sqrt(va + vb)
+    # Welch–Satterthwaite; with no spread at all the pooled count stands in (p is then exact anyway).
+    df = float(n_a + n_b - 2) if se == 0.0 else (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    return Difference(a, b, diff, se, df, mean_a, mean_b, _d(diff, math.sqrt((sd_a**2 + sd_b**2) / 2.0)))
+
+
+def _d(diff: float, sd: float) -> float:
+    if sd > 0:
+        return diff / sd
+    return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+
+
+# --------------------------------------------------------------------------------------------
+# Verdicts
+
+
+@dataclass
+class Evaluation:
+    """The verdict on one claim and the numbers behind it."""
+
+    claim: Claim
+    verdict: Verdict
+    test: str
+    p_value: float
+    difference: float  # A minus B (or minus the bound / rival), in the metric's units
+    ci: tuple[float, float]  # 95 % CI of that difference (of A's mean for 'between')
+    cohen_d: float
+    sentence: str
+    compared_with: str = ""  # the rival whose difference is reported (best/worst: the closest)
+
+
+def evaluate_claim(
+    claim: Claim, samples: Mapping[str, Sequence[float]], metric: Metric, alpha: float = ALPHA
+) -> Evaluation:
+    """Judge ``claim`` on per-variant samples (one value per seed) of ``metric``.
+
+    The decision rule is in the module docstring; p is the p-value of the claimed direction.
+    """
+    a = [v for v in samples.get(claim.a, []) if math.isfinite(v)]
+    s = metric.sign
+    name = metric.name
+    if claim.kind == "between":
+        return _between(claim, a, name, alpha)
+    if claim.kind in ("best", "worst"):
+        return _extreme(claim, samples, metric, alpha)
+    b: Sequence[float] | float
+    if isinstance(claim.b, float):
+        b, b_label = claim.b, fmt(claim.b)
+    else:
+        b = [v for v in samples.get(str(claim.b), []) if math.isfinite(v)]
+        b_label = str(claim.b)
+    n_text = _n_text(a, b)
+    one_sample = isinstance(b, float)
+    if len(a) < 2 or (not one_sample and len(b) < 2):
+        return _too_few(claim, n_text)
+    diff = welch(a, b)
+    lo, hi = diff.ci(1 - alpha)
+    mean_b = diff.mean_b
+    if claim.kind == "within":
+        d = claim.margin
+        p = max(diff.p_greater(-d), diff.p_less(d))
+        p_out = min(diff.p_greater(d), diff.p_less(-d))
+        verdict = _decide(p, p_out, alpha)
+        test = (
+            "TOST equivalence (two one-sided "
+            + ("one-sample t-tests" if one_sample else "Welch t-tests")
+            + f", margin ±{fmt(d)})"
+        )
+        sentence = (
+            f"{claim.a}'s mean {name} ({fmt(diff.mean_a)}) differs from {b_label}"
+            f"{'' if one_sample else f' ({fmt(mean_b)})'} by {fmt(diff.diff, sign=True)} "
+            f"(95 % CI [{fmt(lo, sign=True)}, {fmt(hi, sign=True)}], {n_text}); "
+            + {
+                "supported": f"both one-sided tests put the difference inside ±{fmt(d)} (TOST {peq(p)}).",
+                "not supported": f"the difference lies significantly outside ±{fmt(d)} ({peq(p_out)}).",
+                "inconclusive": f"these seeds cannot tell if it lies within ±{fmt(d)} (TOST {peq(p)}).",
+            }[verdict]
+        )
+        return Evaluation(claim, verdict, test, p, diff.diff, (lo, hi), diff.cohen_d, sentence, b_label)
+
+    # beats [by at least d]: "better by more than d" in the metric's direction.
+    d = claim.margin
+    if s > 0:
+        p, p_opp = diff.p_greater(d), diff.p_less(d)
+    else:
+        p, p_opp = diff.p_less(-d), diff.p_greater(-d)
+    verdict = _decide(p, p_opp, alpha)
+    kind = "one-sample t-test" if one_sample else "Welch's t-test"
+    test = f"{kind}, one-sided" + (f", margin {fmt(d)}" if d else "")
+    better = "higher" if s > 0 else "lower"
+    worse = "lower" if s > 0 else "higher"
+    where_b = b_label if one_sample else f"{b_label}'s ({fmt(mean_b)})"
+    relation = f"{better} than" if s * diff.diff > 0 else f"{worse} than" if diff.diff else "the same as"
+    numbers = (
+        f"{claim.a}'s mean {name} ({fmt(diff.mean_a)}) is {relation} "
+        f"{where_b}: difference {fmt(diff.diff, sign=True)}, 95 % CI "
+        f"[{fmt(lo, sign=True)}, {fmt(hi, sign=True)}] ({n_text})"
+    )
+    target = f"by at least {fmt(d)}" if d else ""
+    if verdict == "supported":
+        tail = f"one-sided {peq(p)}" + (f" for a margin above {fmt(d)}" if d else "") + "."
+    elif verdict == "not supported":
+        if d and s * diff.diff > 0:
+            tail = (
+                f"the margin is significantly smaller than the claimed {fmt(d)} (one-sided p = "
+                f"{fmt_p(p_opp)}), so the claim fails."
+            )
+        else:
+            tail = f"the opposite direction is significant (one-sided {peq(p_opp)}), so the claim fails."
+    else:
+        tail = (
+            f"one-sided {peq(p)}; these seeds cannot tell whether {claim.a} is {better} {target}".rstrip()
+            + "."
+        )
+    return Evaluation(
+        claim, verdict, test, p, diff.diff, (lo, hi), diff.cohen_d, f"{numbers}; {tail}", b_label
+    )
+
+
+def _extreme(
+    claim: Claim, samples: Mapping[str, Sequence[float]], metric: Metric, alpha: float
+) -> Evaluation:
+    best = claim.kind == "best"
+    a = [v for v in samples.get(claim.a, []) if math.isfinite(v)]
+    rivals = {k: [v for v in vs if math.isfinite(v)] for k, vs in samples.items() if k != claim.a}
+    counts = [len(a)] + [len(v) for v in rivals.values()]
+    n_text = (
+        f"n = {min(counts)}"
+        + ("" if min(counts) == max(counts) else f"-{max(counts)}")
+        + " seeds per variant"
+    )
+    if min(counts) < 2:
+        return _too_few(claim, n_text)
+    s = metric.sign if best else -metric.sign  # +1: A should have the larger values
+    results = {}
+    for rival, values in rivals.items():
+        diff = welch(a, values)
+        p, p_opp = (diff.p_greater(), diff.p_less()) if s > 0 else (diff.p_less(), diff.p_greater())
+        results[rival] = (diff, p, p_opp)
+    k = len(rivals)
+    p_max = max(r[1] for r in results.values())
+    p_opp_min = min(r[2] for r in results.values())
+    if p_max < alpha:
+        verdict: Verdict = "supported"
+    elif p_opp_min < alpha / k:
+        verdict = "not supported"
+    else:
+        verdict = "inconclusive"
+    # Report against the closest rival: the one whose mean is nearest A's from the claimed side.
+    closest = max(results, key=lambda r: s * results[r][0].mean_b)
+    diff = results[closest][0]
+    lo, hi = diff.ci(1 - alpha)
+    word = "best" if best else "worst"
+    order = sorted(samples, key=lambda v: -metric.sign * mean_sd(samples[v])[0])
+    rank = order.index(claim.a) + 1
+    test = (
+        f"Welch's t-test, one-sided, against each of the {k} other variants "
+        f"(intersection-union; Bonferroni α/{k} for the opposite direction)"
+    )
+    numbers = (
+        f"{claim.a} ranks {rank} of {k + 1} on mean {metric.name} ({fmt(diff.mean_a)}); against "
+        f"{closest} ({fmt(diff.mean_b)}) the difference is {fmt(diff.diff, sign=True)}, 95 % CI "
+        f"[{fmt(lo, sign=True)}, {fmt(hi, sign=True)}] ({n_text})"
+    )
+    if verdict == "supported":
+        tail = f"every one-sided test has p < {alpha:g} (largest {peq(p_max)}), so it is the {word}."
+    elif verdict == "not supported":
+        loser = min(results, key=lambda r: results[r][2])
+        tail = (
+            f"{loser} is significantly {'better' if best else 'worse'} than {claim.a} "
+            f"(one-sided {peq(results[loser][2])} < {alpha:g}/{k}), so the claim fails."
+        )
+    else:
+        tail = f"the weakest comparison has {peq(p_max)}; these seeds cannot tell whether it is the {word}."
+    return Evaluation(
+        claim, verdict, test, p_max, diff.diff, (lo, hi), diff.cohen_d, f"{numbers}; {tail}", closest
+    )
+
+
+def _between(claim: Claim, a: Sequence[float], name: str, alpha: float) -> Evaluation:
+    assert claim.low is not None and claim.high is not None
+    n_text = f"n = {len(a)} seeds"
+    if len(a) < 2:
+        return _too_few(claim, n_text)
+    low, high = welch(a, claim.low), welch(a, claim.high)
+    p = max(low.p_greater(), high.p_less())
+    p_out = min(low.p_less(), high.p_greater())
+    verdict = _decide(p, p_out, alpha)
+    ci = mean_ci(a, 1 - alpha)
+    test = "two one-sided one-sample t-tests against the bounds"
+    numbers = f"{claim.a}'s mean {name} is {fmt(ci.mean)} (95 % CI [{fmt(ci.low)}, {fmt(ci.high)}], {n_text})"
+    tail = {
+        "supported": f"both bounds are cleared significantly ({peq(p)}), so it lies in "
+        f"[{fmt(claim.low)}, {fmt(claim.high)}].",
+        "not supported": f"it lies significantly outside [{fmt(claim.low)}, {fmt(claim.high)}] "
+        f"({peq(p_out)}).",
+        "inconclusive": f"these seeds cannot tell whether it lies in [{fmt(claim.low)}, {fmt(claim.high)}] "
+        f"({peq(p)}).",
+    }[verdict]
+    return Evaluation(
+        claim,
+        verdict,
+        test,
+        p,
+        ci.mean,
+        (ci.low, ci.high),
+        math.nan,
+        f"{numbers}; {tail}",
+        f"[{fmt(claim.low)}, {fmt(claim.high)}]",
+    )
+
+
+def _decide(p_claim: float, p_against: float, alpha: float) -> Verdict:
+    if p_claim < alpha:
+        return "supported"
+    if p_against < alpha:
+        return "not supported"
+    return "inconclusive"
+
+
+def _too_few(claim: Claim, n_text: str) -> Evaluation:
+    return Evaluation(
+        claim,
+        "inconclusive",
+        "none (fewer than 2 finished seeds)",
+        math.nan,
+        math.nan,
+        (math.nan, math.nan),
+        math.nan,
+        f"Not tested: a t-test needs at least 2 seeds per variant ({n_text}).",
+    )
+
+
+def _n_text(a: Sequence[float], b: Sequence[float] | float) -> str:
+    if isinstance(b, float) or len(a) == len(b):
+        return f"n = {len(a)} seeds" + ("" if isinstance(b, float) else " each")
+    return f"n = {len(a)} and {len(b)} seeds"
+
+
+def fmt(value: float, sign: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "–" if value is None or math.isnan(value) else ("+∞" if value > 0 else "−∞")
+    text = f"{value:+.4f}" if sign else f"{value:.4f}"
+    return text.replace("-", "−")
+
+
+def peq(p: float) -> str:
+    """'p = 0.0123' or 'p < 0.0001'."""
+    text = fmt_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def fmt_p(p: float) -> str:
+    if not math.isfinite(p):
+        return "–"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def rule_lines() -> list[str]:
+    return [
+        f"Each claim is tested on its own at α = {ALPHA} (no correction across claims). p (claim) is the "
+        "one-sided p-value of the claimed direction (the larger of the two one-sided p-values for "
+        "within/between, the largest over the rivals for best/worst); a claim is supported when it is "
+        "below α.",
+        "",
+        "- *A beats B on M (by at least d)*: Welch's t-test, one-sided. **supported** if p < α for "
+        '"A better than B by more than d"; **not supported** if the opposite one-sided test is '
+        "significant (A better by less than d, or worse); **inconclusive** otherwise. Against a number: "
+        "one-sample t-test.",
+        "- *A is within d of B*: two one-sided tests (TOST). **supported** if the difference is "
+        "significantly above −d and below +d; **not supported** if it is significantly beyond ±d.",
+        "- *A is the best (worst) of all variants*: A beats (loses to) every other variant, each "
+        "one-sided p < α; **not supported** if some variant is significantly better (worse) at "
+        "α/(k−1).",
+        "- *A is between L and U*: one-sample t-tests of A's mean against L and U.",
+        "- Cohen's d: difference of means over the root mean square of the two standard deviations.",
+    ]

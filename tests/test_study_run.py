@@ -1,0 +1,344 @@
+"""Running studies through the real CLI: a tiny study end to end with restart and reuse, the plan,
+the one parser, the console, and the hashes that let a rerun find its runs.
+
+The runs train a 2-layer network on the synthetic data (200 train / 50 test images) for a few
+batches, so each takes seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from fashion_cnn.cli import main
+from fashion_cnn.study import combined, executors, load_study, plan_study
+from fashion_cnn.study.trial import run_trial
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = sorted((REPO / "fashion_cnn" / "configs" / "studies").glob("*.yaml"))
+TINY = [
+    "--model.layers=2",
+    "--model.hidden=16",
+    "--model.pool_every=1",
+    "--data.val_size=40",
+    "--data.batch_size=32",
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=3",
+]
+TINY_STUDY = """
+# A tiny study for the tests.
+title: Tiny study
+part: "1"
+hypothesis: Four filters beat two.
+seeds: 2
+curves: [val/acc, val/loss]
+variants:
+  - {name: two, overrides: {model.filters: 2}, journal: {test/loss: 2.3}}
+  - {name: four, overrides: {model.filters: 4}, journal: {test/acc: 0.1}}
+expected:
+  - {claim: four beats two on test/acc, journal: "more filters help"}
+  - {claim: four is between -10 and 10 on test/loss, journal: "planted true"}
+  - {claim: four is between 5 and 10 on test/loss, journal: "planted false"}
+"""
+
+
+def _write(folder: Path, text: str, name: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+class _Counting:
+    """Wraps run_trial: records (variant, seed) per call and can raise KeyboardInterrupt on one."""
+
+    def __init__(self, interrupt_at: int | None = None) -> None:
+        self.interrupt_at, self.calls = interrupt_at, []
+
+    def __call__(self, trial):
+        self.calls.append(trial.key[1:])
+        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt
+        return run_trial(trial)
+
+
+def _children(client: MlflowClient, parent_id: str) -> list:
+    exp = client.get_experiment_by_name("fashion-cnn-studies")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def test_tiny_study_end_to_end_with_restart(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    path = _write(workdir, TINY_STUDY, "tiny.yaml")
+    report_file = workdir / "docs" / "reproduced.md"
+    argv = ["study", str(path), *TINY, "--combined_report", str(report_file)]
+
+    # First attempt: "Ctrl+C" as the third of four runs starts.
+    first = _Counting(interrupt_at=3)
+    monkeypatch.setattr(executors, "run_trial", first)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "rerun the same command" in err and "Traceback" not in err
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fashion-cnn-studies")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens the runs
+    (parent,) = client.search_runs([exp.experiment_id], "tags.study_role = 'parent'")
+    assert parent.info.status == "KILLED"
+    done_before = {r.info.run_id for r in _children(client, parent.info.run_id)}
+    assert len(done_before) == 2
+
+    # Second attempt: only the two missing runs train, under the same parent.
+    second = _Counting()
+    monkeypatch.setattr(executors, "run_trial", second)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert sorted(second.calls) == sorted([first.calls[2], ("four", 1)])
+    # The console: one progress display and a line per run; Lightning's output is in the run logs.
+    assert "done, 0 running, 0 failed, 0 left" in err and "test/acc" in err
+    for noise in ("GPU available", "Test metric", "LOCAL_RANK", "Tip:", "┏"):
+        assert noise not in err, noise
+    logs = sorted((workdir / "studies" / "tiny" / "logs").glob("*.log"))
+    assert [p.name for p in logs] == [
+        f"tiny-{v}-seed{s}.log" for v, s in [("four", 0), ("four", 1), ("two", 0), ("two", 1)]
+    ]
+    assert all(p.with_suffix(".yaml").is_file() for p in logs)
+    assert "Test metric" in "".join(p.read_text() for p in logs)
+    assert not (workdir / "runs").exists() and not (workdir / "evaluation").exists()  # nothing in the cwd
+    (parent,) = client.search_runs([exp.experiment_id], "tags.study_role = 'parent'")
+    assert parent.info.status == "FINISHED"
+    children = _children(client, parent.info.run_id)
+    assert len(children) == 4 and done_before <= {r.info.run_id for r in children}
+    assert {(r.data.tags["variant"], r.data.tags["seed"]) for r in children} == {
+        ("two", "0"),
+        ("two", "1"),
+        ("four", "0"),
+        ("four", "1"),
+    }
+    assert all(r.info.status == "FINISHED" and r.data.tags["study"] == "tiny" for r in children)
+    assert all(r.data.params["filters"] in ("2", "4") and "test/acc" in r.data.metrics for r in children)
+    for run in children:  # checkpoints and the evaluation report beside them, under the study's folder
+        name = f"tiny-{run.data.tags['variant']}-seed{run.data.tags['seed']}"
+        folder = workdir / "studies" / "tiny" / "runs" / name / run.info.run_id
+        assert (folder / "checkpoints" / "last.ckpt").is_file() and (
+            folder / "evaluation" / "per_class.csv"
+        ).is_file()
+
+    # The report, its figures and data, in the output folder and on the parent run.
+    out = workdir / "studies" / "tiny"
+    report = (out / "report.md").read_text()
+    for name in ("final_metrics.png", "learning_curves.png", "results.json"):
+        assert (out / name).stat().st_size > 0
+    assert report.startswith("# Tiny study")
+    assert "> Four filters beat two." in report
+    assert "| two |" in report and "(n = 2)" in report and "2.3000" in report  # journal beside ours
+    assert "**supported** (four is between -10 and 10 on test/loss)" in report
+    assert "**not supported** (four is between 5 and 10 on test/loss)" in report
+    assert "Welch's t-test, one-sided" in report
+    assert "four and two differ in: model.filters (4 vs 2)." in report
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/final_metrics.png", "report/learning_curves.png"} <= artifacts
+    doc = report_file.read_text()
+    assert "## Tiny study" in doc and "trainer.max_epochs" in doc and "Training was shortened" in doc
+    assert "## Where our data contradicts the journal" in doc and "planted false" in doc
+    assert "4 runs: 4 trained" in doc and "0 reused" in doc
+    assert "fashion-cnn study " + str(path) in doc and "--trainer.max_epochs 1" in doc
+
+    # A crashed child (left KILLED) is run again; nothing else is.
+    victim = next(r for r in children if r.data.tags["variant"] == "two" and r.data.tags["seed"] == "0")
+    client.set_terminated(victim.info.run_id, "KILLED")
+    third = _Counting()
+    monkeypatch.setattr(executors, "run_trial", third)
+    assert main(argv) == 0
+    assert third.calls == [("two", 0)]
+    capsys.readouterr()
+
+    # Another study with a variant of the same settings reuses its finished runs, under its own parent.
+    other = _write(
+        workdir,
+        """
+title: Other
+hypothesis: Six filters beat four.
+variants:
+  - {name: six, overrides: {model.filters: 6}}
+  - {name: four, overrides: {model.filters: 4}}
+  - {name: also_six, overrides: {model.filters: 6}}
+expected: [six beats four on test/acc]
+""",
+        "other.yaml",
+    )
+    fourth = _Counting()
+    monkeypatch.setattr(executors, "run_trial", fourth)
+    assert main(["study", str(other), *TINY, "--seeds", "1"]) == 0
+    assert fourth.calls == [("six", 0)]  # four: a finished run; also_six: the same trial as six
+    assert "reused its results" in capsys.readouterr().err
+    (other_parent,) = client.search_runs(
+        [exp.experiment_id], "tags.study = 'other' AND tags.study_role = 'parent'"
+    )
+    copies = [r for r in _children(client, other_parent.info.run_id) if "reused_from" in r.data.tags]
+    assert sorted(r.data.tags["variant"] for r in copies) == ["also_six", "four"]
+    for copy in copies:
+        assert copy.data.metrics == client.get_run(copy.data.tags["reused_from"]).data.metrics
+
+
+def test_a_failing_run_stops_the_study_with_its_message(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _write(workdir, TINY_STUDY, "tiny.yaml")
+    # Parses and builds, but the synthetic data has 200 training images: setup fails in the run.
+    code = main(["study", str(path), *TINY, "--data.val_size=500"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "[tiny] two seed 0" in err and "val_size=500" in err and "tiny-two-seed0.log" in err
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fashion-cnn-studies")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("study_role") == "parent"]
+    trials = [r for r in runs if r.data.tags.get("study_role") == "trial"]
+    assert parent.info.status == "FAILED"
+    assert len(trials) <= 1 and all(r.info.status == "FAILED" for r in trials)  # stopped at the first
+
+
+def test_dry_run_plans_without_running(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["study", *map(str, STUDIES), "--dry_run", "true", "--seeds", "2"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "(dry run)" in err and "[dropout]" in err and "seeds to run: [0, 1]" in err
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "studies").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["missing.yaml"], "missing.yaml does not exist"),
+        ([], "missing studies"),
+        (["studies/dropout", "--model.colour", "3"], "model.colour"),
+        (["studies/dropout", "--model.dropout=1.5"], "dropout=1.5"),
+        (["studies/dropout", "--seeds", "0"], "--seeds"),
+        (["studies/dropout", "--trainer.max_epochs", "many"], "trainer.max_epochs"),
+        (["studies/dropout", "--executor", "dask"], "dask"),
+        (["studies/dropout", "--workers", "0"], "--workers 0"),
+        (["studies/dropout", "--workers", "2"], "need --executor ray"),
+        (["studies/dropout", "--trainer.logger.init_args.run_id", "x"], "the study creates its own runs"),
+    ],
+)
+def test_user_errors_are_one_clear_message(
+    workdir: Path, capsys: pytest.CaptureFixture, argv, fragment
+) -> None:
+    code = main(["study", *argv, "--dry_run", "true"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("fashion-cnn: error:") and fragment in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2  # the problem, and where to look
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("fit", "validate", "test", "predict", "study", "export", "sweep", "configs"):
+        assert f"    {name} " in out, name
+    for name in ("study", "export", "configs", "sweep", "fit"):
+        assert main([name, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "--config" in text and "--print_config" in text, name
+
+
+def test_study_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = [
+        "study",
+        "studies/dropout",
+        "--seeds",
+        "[0,1,7]",
+        "--trainer.max_epochs",
+        "1",
+        "--dry_run",
+        "true",
+    ]
+    assert main([*args, "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    config = yaml.safe_load(printed)
+    assert config["seeds"] == [0, 1, 7] and config["trainer"] == {"max_epochs": 1}
+    saved = tmp_path / "study.yaml"
+    saved.write_text(printed)
+    assert main(["study", "--config", str(saved), "--print_config"]) == 0
+    assert capsys.readouterr().out == printed
+
+
+def test_shipped_study_hashes_are_pinned() -> None:
+    """A rerun finds its finished runs by these hashes: a change to them orphans every user's runs
+    (and this project's full-budget reproduction). Change them only on purpose."""
+    pinned = {
+        "baseline": "0d7806f4169f",
+        "depth_width": "5e257126e9ca",
+        "dropout": "3066d16199a8",
+        "normalisation": "b2cbd32fb7f5",
+        "combined": "40b5a736756a",
+        "ultimate": "da4f452b74b6",
+    }
+    from fashion_cnn.experiment import ConfigResolver
+
+    resolver = ConfigResolver()
+    hashes = {p.stem: plan_study(load_study(p), resolver=resolver).study_hash for p in STUDIES}
+    assert {k: hashes[k] for k in pinned} == pinned
+
+
+def test_training_budget_is_counted_in_images() -> None:
+    resolved = {
+        "trainer": {
+            "max_epochs": 2,
+            "limit_train_batches": 30.0,
+            "limit_val_batches": 4.0,
+            "limit_test_batches": None,
+        },
+        "data": {"batch_size": 64, "val_size": 5000},
+    }
+    assert combined.images_per_run(resolved) == (2, 2 * 30 * 64, 4 * 256, 10_000)
+    full = {"trainer": {"max_epochs": 3}, "data": {"batch_size": 64, "val_size": 5000}}
+    assert combined.images_per_run(full) == (3, 3 * 55_000, 5000, 10_000)
+    half = {
+        "trainer": {"max_epochs": 1, "limit_train_batches": 0.5},
+        "data": {"batch_size": 100, "val_size": 0},
+    }
+    assert combined.images_per_run(half)[1] == 300 * 100
+
+
+def test_study_runs_twice_in_one_process_and_cleans_up(workdir: Path) -> None:
+    """The runner as a library: twice in one interpreter, no SIGTERM/SIGINT handler left behind."""
+    import signal
+
+    from fashion_cnn.study import run_studies
+
+    path = _write(workdir, TINY_STUDY.replace("seeds: 2", "seeds: 1"), "tiny.yaml")
+    handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    overrides = [*TINY, "--trainer.enable_progress_bar=false"]
+    first = run_studies([path], overrides=overrides)
+    second = run_studies([path], overrides=overrides)
+    assert len(first[0].finished) == len(second[0].finished) == 2
+    assert {r.info.run_id for r in first[0].finished.values()} == {
+        r.info.run_id for r in second[0].finished.values()
+    }
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+@pytest.mark.realdata
+def test_study_console_script_in_an_empty_folder(tmp_path: Path) -> None:
+    """A pip user's path: the packaged study, real data, the console script, nothing else in the folder."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fashion_cnn.cli", "study", "studies/dropout", "--seeds", "2", *TINY],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "studies" / "dropout" / "report.md").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "mlflow.db",
+        "mlflow.db.lock",
+        "mlruns",
+        "studies",
+    ]  # store, artifacts, study
