@@ -7,15 +7,13 @@ Lightning. The Lightning parts (``FashionCNN``, ``FashionMNISTDataModule``) load
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+# The one source of the version: pyproject.toml reads the same attribute (setuptools ``attr``), so
+# ``fashion-cnn --version``, ``fashion_cnn.__version__`` and the wheel's metadata agree, also in a
+# source tree that was never installed.
+from fashion_cnn.__about__ import __version__
 from fashion_cnn.network import ConvBlock, FashionCNNNet, count_parameters
-
-try:
-    __version__ = version("fashion-cnn")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
 
 # name -> module that defines it; resolved lazily so the plain network needs no Lightning import.
 _LAZY = {

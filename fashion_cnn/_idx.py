@@ -237,7 +237,7 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
         ) from e
     try:
         with _io.atomic_write(path) as f:
-            yield f
+            yield f  # type: ignore[misc]  # opened "wb": binary
     except OSError as e:  # disk full, I/O error, quota, no permission...
         raise DataError(
             f"Cannot write {path}: {e}. Free space there, or set FASHION_CNN_DATA_DIR or "
@@ -383,7 +383,7 @@ def _tensor_sha256(tensor: torch.Tensor, spec: IdxSpec) -> str:
     to keep in sync (~0.03 s for the 55 MB of Fashion-MNIST on one core).
     """
     digest = hashlib.sha256(spec.header())
-    digest.update(memoryview(tensor.numpy()).cast("B"))
+    digest.update(memoryview(tensor.numpy()).cast("B"))  # type: ignore[arg-type]  # numpy arrays are buffers
     return digest.hexdigest()
 
 

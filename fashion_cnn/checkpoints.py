@@ -94,12 +94,12 @@ def run_directory(trainer: L.Trainer, root: str | os.PathLike[str]) -> Path:
     The run id is created on rank 0 and broadcast, so every process of a DDP run agrees.
     """
     name, run_id = "local", "no-run"
+    run_id_here: str | None = run_id
     logger = mlflow_logger(trainer)
     if logger is not None:
         name = logger.run_name or "run"
-        run_id = logger.run_id if trainer.is_global_zero else None
-    run_id = trainer.strategy.broadcast(run_id)
-    return Path(root) / name / str(run_id)
+        run_id_here = logger.run_id if trainer.is_global_zero else None
+    return Path(root) / name / str(trainer.strategy.broadcast(run_id_here))
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
     if "input_mean" not in checkpoint["hyper_parameters"] and data.get("normalize") is False:
         overrides = {"input_mean": 0.0, "input_std": 1.0}
     try:
-        model = FashionCNN.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
+        model = FashionCNN.load_from_checkpoint(str(path), map_location="cpu", weights_only=True, **overrides)
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(
             f"{path} does not rebuild a FashionCNN ({type(exc).__name__}: {str(exc).splitlines()[0]}); "

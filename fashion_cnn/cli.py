@@ -9,6 +9,7 @@ library it calls logs and raises.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import shlex
@@ -17,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
+from jsonargparse import ActionYesNo, capture_parser
 from jsonargparse import ArgumentParser as JsonArgumentParser
-from jsonargparse import capture_parser
 
 from fashion_cnn.configs import ConfigFileAction
 from fashion_cnn.errors import Interrupted, UserError
@@ -131,7 +132,9 @@ def _study_command(studies: list[str], given: dict[str, Any]) -> str:
 def _word(value: Any) -> str:
     import json
 
-    return value if isinstance(value, str) else json.dumps(value)
+    from fashion_cnn.study.plan import plain
+
+    return value if isinstance(value, str) else json.dumps(plain(value))
 
 
 def export(ckpt_path: str, output_file: str = "model.onnx", opset: int = 18) -> int:
@@ -218,6 +221,10 @@ class ConsoleParser(ArgumentParser):
         text = " ".join(message.split())
         # "required: export.ckpt_path" names the option as typed: "--ckpt_path" of "fashion-cnn export".
         missing = re.match(r"the following arguments are required: (\w+)\.(.+)", text)
+        switch = re.match(r"argument (--\w+)/--no_\w+: invalid _boolean_type value: (.+)", text)
+        if switch:
+            option, value = switch.groups()
+            text = f"{option} is a switch: give it alone or as {option} true|false, not {option} {value}"
         tools = _tools()
         if missing and missing.group(1) in {*TRAINER_SUBCOMMANDS, *tools}:
             sub, keys = missing.groups()
@@ -241,7 +248,19 @@ def _tool_parser(name: str, tool: Tool) -> JsonArgumentParser:
     parser.add_argument("-c", "--config", action=ConfigFileAction, help="A YAML file of these options.")
     for positional in tool.positional:
         parser.add_argument(positional, nargs="+", type=str, help=_arg_help(tool.function, positional))
-    parser.add_function_arguments(tool.function, skip=set(tool.positional))
+    # Switches work as flags and with a value: --dry_run, --dry_run true, --no_reuse, --reuse false.
+    switches = [
+        p for p in inspect.signature(tool.function).parameters.values() if p.annotation in (bool, "bool")
+    ]
+    for param in switches:
+        parser.add_argument(
+            f"--{param.name}",
+            action=ActionYesNo(yes_prefix="", no_prefix="no_"),
+            nargs="?",
+            default=param.default,
+            help=_arg_help(tool.function, param.name),
+        )
+    parser.add_function_arguments(tool.function, skip={*tool.positional, *(p.name for p in switches)})
     return parser
 
 

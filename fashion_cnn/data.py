@@ -183,10 +183,10 @@ class UInt8Dataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         # tensor replaces B __getitem__ calls and a collate that stacks B small tensors.
         if self._numpy is not None:
             images, targets, index = self._numpy
-            rows = np.asarray(indices, dtype=np.int64)
+            picked = np.asarray(indices, dtype=np.int64)
             if index is not None:
-                rows = index[rows]
-            return torch.from_numpy(images[rows]), torch.from_numpy(targets[rows])
+                picked = index[picked]
+            return torch.from_numpy(images[picked]), torch.from_numpy(targets[picked])
         rows = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         if self.index is not None:
             rows = self.index[rows]
@@ -307,6 +307,11 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self._train_sampler: EpochRandomSampler | None = None
 
     @property
+    def _hp(self) -> Any:
+        """``self.hparams`` for attribute access (Lightning types it as a plain mapping)."""
+        return self.hparams
+
+    @property
     def num_classes(self) -> int:
         return len(CLASS_NAMES)
 
@@ -321,28 +326,28 @@ class FashionMNISTDataModule(L.LightningDataModule):
     @property
     def input_mean(self) -> float:
         """Pixel mean on the [0, 1] scale the model subtracts (0 when ``normalize`` is off)."""
-        return self.mean if self.hparams.normalize else 0.0
+        return self.mean if self._hp.normalize else 0.0
 
     @property
     def input_std(self) -> float:
         """Pixel standard deviation the model divides by (1 when ``normalize`` is off)."""
-        return self.std if self.hparams.normalize else 1.0
+        return self.std if self._hp.normalize else 1.0
 
     # ---- data hooks, in the order Lightning calls them
 
     def prepare_data(self) -> None:
         """Make sure data_dir holds verified files and the tensor cache (fetching if needed)."""
-        if self.hparams.predict_dir is not None and self._trainer_fn() == "predict":
+        if self._hp.predict_dir is not None and self._trainer_fn() == "predict":
             return  # predicting a folder of images needs no Fashion-MNIST files
         self._tensors = self._load()
 
     def setup(self, stage: str | None = None) -> None:
         """Load the tensors and build the datasets ``stage`` needs (all of them for None)."""
-        if stage in (None, "predict") and self.hparams.predict_dir is not None:
-            images, self.predict_names = load_folder(self.hparams.predict_dir)
+        if stage in (None, "predict") and self._hp.predict_dir is not None:
+            images, self.predict_names = load_folder(self._hp.predict_dir)
             if not len(images):
                 raise DataError(
-                    f"No usable image in {self.hparams.predict_dir}: predict_dir needs "
+                    f"No usable image in {self._hp.predict_dir}: predict_dir needs "
                     f"{'/'.join(IMAGE_SUFFIXES)} files directly inside it (see the warnings above "
                     "for the files that were skipped)."
                 )
@@ -358,14 +363,14 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
         if stage in (None, "fit", "validate"):
             n_train = len(tensors["train_images"])
-            if self.hparams.val_size >= n_train:
+            if self._hp.val_size >= n_train:
                 raise ValueError(
-                    f"val_size={self.hparams.val_size} leaves no training images out of "
+                    f"val_size={self._hp.val_size} leaves no training images out of "
                     f"{n_train}; use 0 <= val_size < {n_train}."
                 )
-            generator = torch.Generator().manual_seed(self.hparams.split_seed)
+            generator = torch.Generator().manual_seed(self._hp.split_seed)
             in_val = torch.zeros(n_train, dtype=torch.bool)
-            in_val[torch.randperm(n_train, generator=generator)[: self.hparams.val_size]] = True
+            in_val[torch.randperm(n_train, generator=generator)[: self._hp.val_size]] = True
             # Ascending indices: each split keeps the official order (stable validation batches).
             self.val_indices = in_val.nonzero().squeeze(1)
             self.train_indices = (~in_val).nonzero().squeeze(1)
@@ -376,12 +381,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
             self.val_set = UInt8Dataset(images, labels, self.val_indices.to(device))
             # One sampler for the datamodule's life: a new order each epoch, and each epoch's
             # order a function of (split_seed, epoch) alone, so a resumed run sees the same data.
-            self._train_sampler = EpochRandomSampler(self.train_set, self.hparams.split_seed)
+            self._train_sampler = EpochRandomSampler(self.train_set, self._hp.split_seed)
         if stage in (None, "test", "predict"):
             images = tensors["test_images"].unsqueeze(1).to(device)  # (10000, 1, 28, 28)
             if stage in (None, "test"):
                 self.test_set = UInt8Dataset(images, tensors["test_labels"].to(device, torch.long))
-            if stage in (None, "predict") and self.hparams.predict_dir is None:
+            if stage in (None, "predict") and self._hp.predict_dir is None:
                 self.predict_set = UInt8Dataset(images, torch.arange(len(images), device=device))
                 self.predict_names = [f"test/{i}" for i in range(len(images))]
 
@@ -412,19 +417,20 @@ class FashionMNISTDataModule(L.LightningDataModule):
         if trainer is None or not trainer.training:
             return batch
         images, targets = batch
-        hp = self.hparams
+        hp = self._hp
         return augment_batch(images, hp.augment_flip, hp.augment_crop_padding, hp.augment_cutout), targets
 
     # ---- helpers
 
     def _load(self) -> dict[str, torch.Tensor]:
-        source = self.hparams.source_dir
+        source = self._hp.source_dir
         sources = [Path(source).expanduser()] if source else [_idx.DEBIAN_DIR]
-        return _idx.load_verified(self.data_dir, sources, self.hparams.download)
+        return _idx.load_verified(self.data_dir, sources, self._hp.download)
 
     def _trainer_fn(self) -> str | None:
         trainer = self.trainer
-        return None if trainer is None else str(trainer.state.fn.value)
+        fn = None if trainer is None else trainer.state.fn
+        return None if fn is None else str(fn.value)
 
     def _device(self) -> torch.device:
         trainer = self.trainer
@@ -441,7 +447,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             # Creating a DataLoader iterator draws a base seed from this generator; without one it
             # would draw from torch's global RNG, shifting the dropout masks of the next steps by
             # when Lightning happens to create the iterator (which differs after a resume).
-            generator=torch.Generator().manual_seed(self.hparams.split_seed),
+            generator=torch.Generator().manual_seed(self._hp.split_seed),
             collate_fn=identity_collate,
             num_workers=0,  # batches are one index operation: worker processes only add cost
         )

@@ -7,6 +7,12 @@ keeps its traceback. Library code raises these; only :mod:`fashion_cnn.cli` turn
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
 
 class UserError(Exception):
     """A problem the user can fix (bad path, unusable checkpoint, bad setting); the message says how."""
@@ -56,6 +62,28 @@ class Interrupted(Exception):  # noqa: N818 - it is an event, not a failure
         self.signal_name = signal_name
 
 
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`Interrupted` inside the block, as Ctrl+C raises KeyboardInterrupt.
+
+    The default SIGTERM action ends the process at once, leaving MLflow runs RUNNING and files
+    half-written; raised instead, it unwinds through the same cleanup as Ctrl+C. Off the main
+    thread (where signals cannot be handled) it does nothing. The previous handler comes back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted("stopped by SIGTERM", "SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
@@ -67,4 +95,5 @@ __all__ = [
     "StudyError",
     "TrackingError",
     "UserError",
+    "sigterm_raises",
 ]

@@ -358,7 +358,7 @@ class EvaluationReport(Callback):
         if dirpath and Path(dirpath).name == "checkpoints":
             return Path(dirpath).parent / ARTIFACT_DIR
         root = Path(trainer.default_root_dir or os.getcwd())
-        return root / ARTIFACT_DIR / (mlflow.run_id if mlflow is not None else "no-run")
+        return root / ARTIFACT_DIR / ((mlflow.run_id if mlflow is not None else None) or "no-run")
 
 
 class _MistakeBuffer:
@@ -406,7 +406,7 @@ class _MistakeBuffer:
         probs = torch.zeros(self.k, num_classes)
         targets = torch.full((self.k,), -1, dtype=torch.long)
         n = 0 if self.images is None else len(self.images)
-        if n:
+        if self.images is not None and n:
             images[:n], probs[:n], targets[:n] = self.images, self.probs, self.targets
         images, probs, targets = (_gather(trainer, t) for t in (images, probs, targets))
         real = targets >= 0

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import lightning as L
 import torch
@@ -406,7 +406,7 @@ def _tracking_uri_kept() -> Iterator[None]:
         if os.environ.get("MLFLOW_TRACKING_URI") != before:
             import mlflow
 
-            mlflow.set_tracking_uri(before)  # None unsets the variable and MLflow's global
+            mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets both (MLflow's code)
 
 
 @contextlib.contextmanager
@@ -521,8 +521,8 @@ class ConfigResolver:
     def __init__(self) -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            self.parser = capture_parser(lambda: FashionCLI(args=["fit"]))
-        self.fit_parser = self.parser.subcommands_action.choices["fit"]
+            self.parser: Any = capture_parser(lambda: FashionCLI(args=["fit"]))
+        self.fit_parser: Any = cast(Any, self.parser).subcommands_action.choices["fit"]
 
     def resolve(self, config: str | os.PathLike[str] | None, args: Sequence[str] = ()) -> dict[str, Any]:
         """The full ``fit`` config of ``--config config`` plus ``args``, as plain data.

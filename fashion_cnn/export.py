@@ -148,6 +148,8 @@ def export_onnx(
             external_data=False,  # one self-contained file; the weights are a few MB
             verbose=False,
         )
+    if program is None:  # dynamo=True always returns a program; this only tells the type checker
+        raise RuntimeError("torch.onnx.export returned no program")
     proto = program.model_proto
     actual = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if actual != opset:

@@ -307,3 +307,147 @@ def plot_study_curves(title: str, curves: Mapping[str, Mapping[str, Sequence[Est
         ax.legend(fontsize=8)
     fig.suptitle(f"{title}: learning curves (mean over seeds, 95 % CI)")
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Sweep reports (fashion_cnn.sweep.report)
+
+
+def plot_optimization_history(
+    metric: str,
+    higher_is_better: bool,
+    complete: Sequence[tuple[int, float]],
+    pruned: Sequence[tuple[int, float]] = (),
+) -> Figure:
+    """Each trial's objective by trial number, the best so far as a step line.
+
+    Args:
+        metric: The objective's name (the y label).
+        higher_is_better: Its direction (for the best-so-far line).
+        complete: (trial number, value) of the complete trials.
+        pruned: (trial number, last value reported before the pruner stopped it).
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fig = new_figure(8, 4.5)
+    ax = fig.add_subplot()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if complete:
+        numbers, values = zip(*sorted(complete), strict=True)
+        ax.scatter(numbers, values, color="C0", s=30, zorder=3, label="complete trial")
+        best, running = [], None
+        for value in values:
+            running = value if running is None else (max if higher_is_better else min)(running, value)
+            best.append(running)
+        ax.step(numbers, best, where="post", color="C3", linewidth=1.5, label="best so far")
+    if pruned:
+        numbers, values = zip(*sorted(pruned), strict=True)
+        ax.scatter(numbers, values, marker="x", color="grey", s=30, zorder=3, label="pruned (last reported)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if complete or pruned:
+        ax.legend(fontsize=8)
+    ax.set_title(f"Optimisation history: {metric} ({'higher' if higher_is_better else 'lower'} is better)")
+    return fig
+
+
+def plot_param_importances(metric: str, importances: Mapping[str, float]) -> Figure:
+    """Horizontal bars: each key's share of the variance of ``metric`` (Optuna's fANOVA), largest on top."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig = new_figure(7, 0.5 * len(items) + 1.5)
+    ax = fig.add_subplot()
+    names = [k for k, _ in items]
+    values = [v for _, v in items]
+    ax.barh(range(len(items)), values, color="C0")
+    ax.set_yticks(range(len(items)), names)
+    for i, value in enumerate(values):
+        ax.text(value, i, f" {value:.2f}", va="center", fontsize=8)
+    ax.set_xlim(0, max([*values, 0.01]) * 1.15)
+    ax.set_xlabel(f"importance for {metric} (fANOVA, sums to 1)")
+    ax.set_title("Parameter importances")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+@dataclass(frozen=True)
+class ParallelAxis:
+    """One vertical axis of a parallel-coordinates figure.
+
+    Attributes:
+        name: The key.
+        values: One value per trial; None where the trial did not sample the key.
+        log: Numeric values on a log scale.
+        choices: For a categorical key, its choices in display order (else None: numeric).
+    """
+
+    name: str
+    values: Sequence[float | int | str | bool | None]
+    log: bool = False
+    choices: Sequence[float | int | str | bool | None] | None = None
+
+
+def plot_parallel_coordinates(
+    metric: str, higher_is_better: bool, objective: Sequence[float], axes: Sequence[ParallelAxis]
+) -> Figure:
+    """One line per trial across the keys' axes and the objective, coloured by the objective.
+
+    Each axis is scaled to [0, 1] on its own (log where the key is sampled on a log scale);
+    categorical axes place their choices evenly. A trial that did not sample a key (a conditional
+    one) has a gap there.
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    columns = [*axes, ParallelAxis(metric, list(objective))]
+    fig = new_figure(max(7.0, 1.6 * len(columns) + 1.5), 5)
+    ax = fig.add_subplot()
+    scaled, labels = [], []
+    for column in columns:
+        rows, ticks = _parallel_axis(column)
+        scaled.append(rows)
+        labels.append(ticks)
+    norm = Normalize(min(objective, default=0.0), max(objective, default=1.0))
+    cmap = colormaps["viridis" if higher_is_better else "viridis_r"]
+    order = sorted(range(len(objective)), key=lambda i: objective[i] if higher_is_better else -objective[i])
+    for i in order:  # the best trials last, on top
+        ys = [rows[i] for rows in scaled]
+        ax.plot(
+            range(len(columns)),
+            [math.nan if y is None else y for y in ys],
+            color=cmap(norm(objective[i])),
+            alpha=0.8,
+        )
+    for x, ticks in enumerate(labels):
+        ax.axvline(x, color="black", linewidth=0.8)
+        for y, text in ticks:
+            ax.text(x + 0.03, y, text, fontsize=7, va="center")
+    ax.set_xticks(range(len(columns)), [c.name for c in columns], rotation=20, ha="right")
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(columns) - 0.5)
+    ax.set_ylim(-0.05, 1.05)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
+    ax.set_title(f"Parallel coordinates: {len(objective)} complete trials")
+    return fig
+
+
+def _parallel_axis(column: ParallelAxis) -> tuple[list[float | None], list[tuple[float, str]]]:
+    """Values scaled to [0, 1] and (position, label) ticks for one axis."""
+    if column.choices is not None:
+        choices = list(column.choices)
+        step = 1.0 / max(len(choices) - 1, 1)
+        index = {repr(c): i for i, c in enumerate(choices)}
+        rows = [None if v is None else index.get(repr(v), 0) * step for v in column.values]
+        return rows, [(i * step, str(c)) for i, c in enumerate(choices)]
+    numbers = [float(v) for v in column.values if v is not None]
+    if not numbers:
+        return [None] * len(column.values), []
+    transform = math.log10 if column.log and min(numbers) > 0 else (lambda v: v)
+    low, high = transform(min(numbers)), transform(max(numbers))
+    span = high - low or 1.0
+    rows = [None if v is None else (transform(float(v)) - low) / span for v in column.values]
+    ticks = [(0.0, f"{min(numbers):.3g}"), (1.0, f"{max(numbers):.3g}")]
+    if high == low:
+        ticks = [(0.0, f"{min(numbers):.3g}")]
+    return rows, ticks

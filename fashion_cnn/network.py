@@ -3,7 +3,7 @@
 Nothing here imports Lightning, so the network can be built, inspected and tested on its own.
 
 Architecture (the only one consistent with the journal's two regularised parameter counts, see
-``docs/architecture.md``)::
+``docs/network.md``)::
 
     [Conv2d(k, same padding) -> Norm -> ReLU -> Dropout2d -> MaxPool2d(2)?] x layers
     -> Flatten -> Linear(filters[-1] * H * W, hidden) -> ReLU -> Linear(hidden, num_classes)

@@ -150,19 +150,24 @@ class FashionCNN(L.LightningModule):
         self.val_acc_best = MaxMetric()
         self._first_bad_step: torch.Tensor | None = None
 
+    @property
+    def _hp(self) -> Any:
+        """``self.hparams`` for attribute access (Lightning types it as a plain mapping)."""
+        return self.hparams
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) for images (B, C, H, W): uint8 pixels, or prepared floats."""
         if x.dtype == torch.uint8:
-            x = prepare_batch(x, self.hparams.input_mean, self.hparams.input_std)  # float32
+            x = prepare_batch(x, self._hp.input_mean, self._hp.input_std)  # float32
         if self.use_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        net = self._compiled_net if self._compiled_net is not None else self.net
+        net: Any = self._compiled_net if self._compiled_net is not None else self.net
         return net(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits, y, label_smoothing=self._hp.label_smoothing)
         self._watch_loss(loss)
         self.train_acc(logits, y)
         # Per-epoch only, under exactly these keys (on_step would rename them to *_epoch), and no
@@ -205,8 +210,10 @@ class FashionCNN(L.LightningModule):
         return out
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
+        hp = self._hp
         params = self.parameters()
+        optimizer: torch.optim.Optimizer
+        scheduler: Any
         if hp.optimizer == "adam":
             optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         elif hp.optimizer == "adamw":
@@ -285,7 +292,7 @@ class FashionCNN(L.LightningModule):
         step = int(self._first_bad_step)
         if step < 0:
             return
-        hp = self.hparams
+        hp = self._hp
         raise NonFiniteLossError(
             f"the training loss became NaN or infinite at epoch {self.current_epoch}, global step "
             f"{step}. Likely causes: a learning rate too high for this model (lr={hp.lr}, "

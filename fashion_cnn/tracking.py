@@ -175,13 +175,15 @@ class MLflowLogger(MLFlowLogger):
         self._resumes = run_id is not None
         self._started = False
         self.interrupted = False  # set by RunCheckpoint when the fit is interrupted
-        if rank_zero_only.rank == 0:
+        if _rank() == 0:
             prepare_store(uri, experiment_name, artifact_location)
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,
             tracking_uri=uri,
-            tags=tags,
+            # MLflow tags are strings; a config file's "0" comes back from the parser as 0, which a
+            # sqlite store coerces but a tracking server's protobuf API rejects.
+            tags={str(k): str(v) for k, v in tags.items()} if tags else tags,
             run_id=run_id,
             artifact_location=artifact_location,
         )
@@ -228,7 +230,7 @@ class MLflowLogger(MLFlowLogger):
         MLflow rejects a second, different value for a logged param. On resume the same values
         come again (skipped); a changed value is kept as it was first logged, with a warning.
         """
-        if rank_zero_only.rank != 0:
+        if _rank() != 0:
             return
         flat = {k: v for k, v in flatten_params(params).items() if k != "_instantiator"}
         existing = self.experiment.get_run(self.run_id).data.params
@@ -257,7 +259,7 @@ class MLflowLogger(MLFlowLogger):
 
     def reopen(self) -> None:
         """Mark a resumed run RUNNING again (it may have ended FAILED or KILLED)."""
-        if rank_zero_only.rank == 0:
+        if _rank() == 0:
             self.experiment.update_run(self.run_id, status="RUNNING")
 
     def end_if_running(self, status: str) -> None:
@@ -266,7 +268,7 @@ class MLflowLogger(MLFlowLogger):
         For failures outside Lightning's loops, which end runs themselves. Never raises: the store
         may be what failed.
         """
-        if not self._started or rank_zero_only.rank != 0:
+        if not self._started or _rank() != 0:
             return
         try:
             client = self.experiment
@@ -290,6 +292,11 @@ def flatten_params(params: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def _rank() -> int:
+    """This process's global rank (Lightning sets it on ``rank_zero_only``; 0 outside DDP)."""
+    return int(getattr(rank_zero_only, "rank", 0))
 
 
 def mlflow_logger(trainer: L.Trainer) -> MLflowLogger | None:

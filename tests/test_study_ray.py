@@ -21,6 +21,9 @@ from servers import mlflow_server, postgres, ray_head
 from fashion_cnn.cli import main
 
 pytestmark = pytest.mark.realdata
+# `ray start` clusters require Ray's auth token (~/.ray/auth_token) by default; a driver sends it
+# only in token mode, which Ray reads when it is first imported, so set it before that.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 pytest.importorskip("ray")
 
 TESTS = Path(__file__).resolve().parent
@@ -166,14 +169,19 @@ def test_sigterm_on_the_driver_kills_the_runs_and_a_rerun_continues(work: Path, 
     ]
     proc = subprocess.Popen(command, cwd=work, stderr=subprocess.PIPE, text=True)
     store = work / "mlflow.db"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        if store.exists() and any(r.info.status == "RUNNING" for r in _trials(store)):
-            break
         time.sleep(0.5)
+        if proc.poll() is not None:
+            pytest.fail(f"the study ended before a run started: {proc.stderr.read()[-3000:]}")
+        try:  # the study may still be creating the store's tables
+            if store.exists() and any(r.info.status == "RUNNING" for r in _trials(store)):
+                break
+        except Exception:  # noqa: BLE001 - retried until the deadline
+            continue
     else:
         proc.kill()
-        pytest.fail("no run started within 180 s")
+        pytest.fail("no run started within 300 s")
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 143, err[-2000:]
@@ -233,6 +241,23 @@ def test_ray_not_installed_names_the_extra(work: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_joining_a_token_cluster_without_token_mode_says_how(work: Path, head: str) -> None:
+    """``ray start`` clusters want Ray's token; a driver sends it to host:port only in token mode."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "fashion_cnn.cli", "study", str(work / "ray.yaml"), *TINY]
+        + ["--executor", "ray", "--ray_address", head],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"cannot start or join {head}" in done.stderr and "RAY_AUTH_MODE=token" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_multi_node_cluster_needs_a_tracking_server(
     work: Path, head: str, capsys: pytest.CaptureFixture
 ) -> None:
@@ -267,7 +292,7 @@ def test_workers_log_over_http_to_a_server_on_postgresql(
     work: Path, head: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The multi-machine setup on one machine: PostgreSQL, mlflow server over it, Ray workers over HTTP."""
-    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg")
     with postgres() as database, mlflow_server(database, work / "artifacts") as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # MLflow's own variable, as on a cluster
         code = main(

@@ -203,7 +203,7 @@ def test_a_failing_run_stops_the_study_with_its_message(workdir: Path, capsys: p
 
 
 def test_dry_run_plans_without_running(workdir: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["study", *map(str, STUDIES), "--dry_run", "true", "--seeds", "2"])
+    code = main(["study", *map(str, STUDIES), "--dry_run", "--seeds", "2"])  # a switch: no value needed
     err = capsys.readouterr().err
     assert code == 0, err
     assert "(dry run)" in err and "[dropout]" in err and "seeds to run: [0, 1]" in err
@@ -223,6 +223,7 @@ def test_dry_run_plans_without_running(workdir: Path, capsys: pytest.CaptureFixt
         (["studies/dropout", "--workers", "0"], "--workers 0"),
         (["studies/dropout", "--workers", "2"], "need --executor ray"),
         (["studies/dropout", "--trainer.logger.init_args.run_id", "x"], "the study creates its own runs"),
+        (["--report_only", "studies/dropout"], "--report_only is a switch"),
     ],
 )
 def test_user_errors_are_one_clear_message(

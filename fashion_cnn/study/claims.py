@@ -116,7 +116,7 @@ def parse_claim(
             raise StudyError(f"{where}: claim {text!r}: the lower bound {low} must be below {high}")
     return Claim(
         text=text,
-        kind=kind,
+        kind=kind,  # type: ignore[arg-type]  # one of the pattern table's kinds
         a=a,
         metric=metric,
         b=b,

@@ -100,11 +100,22 @@ def run_overrides(groups: Mapping[str, Mapping[str, Any] | None]) -> dict[str, A
     flat: dict[str, Any] = {}
     for group, values in groups.items():
         for key, value in (values or {}).items():
-            flat[f"{group}.{key}"] = value
+            flat[f"{group}.{key}"] = plain(value)
     for key in flat:
         if key in RESERVED:
             raise StudyError(f"--{key} cannot be set for a study: {RESERVED[key]}")
     return flat
+
+
+def plain(value: Any) -> Any:
+    """jsonargparse hands nested class configs over as Namespaces: plain dicts and lists instead."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 def plan_study(

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,6 +79,29 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         ) from None
 
 
+class _SignalFlag:
+    """Ctrl+C and SIGTERM set a flag that the scheduling loop checks between waits.
+
+    An exception raised by a signal handler inside ``ray.wait`` (a C extension) surfaces as a
+    SystemError, so the handlers only record the signal; the loop raises Interrupted itself.
+    """
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.name = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
 class RayExecutor:
     """Runs trials as Ray tasks.
 
@@ -134,8 +159,16 @@ class RayExecutor:
             ray.init(address=self.address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "a local Ray"
+            hint = ""
+            if self.address not in (None, "auto") and "RAY_AUTH_MODE" not in os.environ:
+                # Ray sends its token to an explicit address only in token mode (``auto`` and a
+                # local start turn it on by themselves); ``ray start`` clusters require it.
+                hint = (
+                    "; if the cluster uses Ray's token authentication (the default of `ray start`), "
+                    "set RAY_AUTH_MODE=token, with the token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+                )
             raise ExecutorError(
-                f"--executor ray: cannot start or join {where}: {str(exc).splitlines()[0]}"
+                f"--executor ray: cannot start or join {where}: {str(exc).splitlines()[0]}{hint}"
             ) from None
         self._ray = ray
         self._started_local = self.address is None
@@ -191,8 +224,11 @@ class RayExecutor:
         )
         queue = list(trials)
         pending: dict[Any, Trial] = {}
+        stop = _SignalFlag()
         try:
             while queue or pending:
+                if stop.name is not None:
+                    raise Interrupted(f"stopped by {stop.name}", stop.name)
                 # Keep at most `slots` tasks in flight, so "running" means running, not queued.
                 while queue and len(pending) < self.slots:
                     trial = queue.pop(0)
@@ -220,6 +256,7 @@ class RayExecutor:
                         ) from None
                     on_done(trial, result)
         finally:
+            stop.restore()
             for ref in pending:
                 ray.cancel(ref, force=True)  # kills the worker processes: nothing keeps training
 

@@ -171,8 +171,8 @@ def _report_markdown(plan: StudyPlan, results: StudyResults, figures: Mapping[st
     ]
     for name, seed, run in results.runs:
         values = " | ".join(fmt(run.data.metrics.get(m.name, math.nan)) for m in study.metrics)
-        wall = duration((run.info.end_time - run.info.start_time) / 1000.0) if run.info.end_time else "–"
-        lines.append(f"| {name} | {seed} | `{run.info.run_id}` | {values} | {wall} |")
+        took = duration((run.info.end_time - run.info.start_time) / 1000.0) if run.info.end_time else "–"
+        lines.append(f"| {name} | {seed} | `{run.info.run_id}` | {values} | {took} |")
     return "\n".join(lines) + "\n"
 
 
@@ -359,7 +359,9 @@ def _figures(plan: StudyPlan, results: StudyResults, out: Path) -> dict[str, str
             per_seed = results.curves[c][n]
             if per_seed:
                 epochs = min(len(h) for h in per_seed)
-                per_variant[n] = [_estimate([h[e] for h in per_seed]) for e in range(epochs)]
+                per_variant[n] = [
+                    figures.Estimate(*_interval([h[e] for h in per_seed])) for e in range(epochs)
+                ]
         if per_variant:
             curves[c] = per_variant
     if curves:
@@ -369,10 +371,12 @@ def _figures(plan: StudyPlan, results: StudyResults, out: Path) -> dict[str, str
 
 
 def _estimate(values: Sequence[float]) -> figures.Estimate | None:
-    if not values:
-        return None
+    return figures.Estimate(*_interval(values)) if values else None
+
+
+def _interval(values: Sequence[float]) -> tuple[float, float, float, list[float]]:
     ci = mean_ci(values)
-    return figures.Estimate(ci.mean, ci.low, ci.high, list(values))
+    return ci.mean, ci.low, ci.high, list(values)
 
 
 def _results_json(plan: StudyPlan, results: StudyResults) -> dict[str, Any]:

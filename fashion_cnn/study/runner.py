@@ -9,17 +9,14 @@ runner does all MLflow bookkeeping, so the records are the same whichever execut
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import signal
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fashion_cnn.errors import ExecutorError, Interrupted, StudyError, UserError
+from fashion_cnn.errors import ExecutorError, Interrupted, StudyError, UserError, sigterm_raises
 from fashion_cnn.experiment import ConfigResolver
 from fashion_cnn.study import store
 from fashion_cnn.study.combined import write_combined_report
@@ -147,7 +144,7 @@ def _train(
     active = [p for p in plans if p.todo]
     executor.prepare(active[0].tracking_uri)
     try:
-        with _sigterm_raises():
+        with sigterm_raises():
             try:
                 for plan in active:
                     store.open_parent(plan, clients[plan.tracking_uri])
@@ -263,24 +260,6 @@ def _close(plans: Sequence[StudyPlan], clients: Mapping[str, Any], status: str) 
             )
         except Exception:  # noqa: BLE001 - the store may be what failed; the original error matters
             log.warning("could not mark study %s %s", plan.study.name, status, exc_info=True)
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises :class:`Interrupted` while the study trains (the default would end the process
-    with runs left RUNNING); the previous handler comes back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted("stopped by SIGTERM", "SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _store_exists(uri: str) -> bool:

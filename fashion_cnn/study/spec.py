@@ -26,7 +26,7 @@ from fashion_cnn.errors import ConfigError, StudyError
 from fashion_cnn.study.claims import Claim, Metric, is_number, parse_claim
 
 DEFAULT_SEEDS = 3
-DEFAULT_METRICS = {"test/acc": "higher", "test/loss": "lower"}
+DEFAULT_METRICS: dict[str, Literal["higher", "lower"] | None] = {"test/acc": "higher", "test/loss": "lower"}
 DEFAULT_CURVES = ("val/acc", "val/loss")
 
 # Settings a study controls for every run; neither the study file nor the command line may set them.
@@ -250,9 +250,9 @@ def _typed(schema: type, raw: Mapping[str, Any], where: str) -> Any:
     except Exception as exc:  # jsonargparse's ArgumentError: 'Parser key "seeds": ...'
         message = " ".join(str(exc).split())
         match = re.match(r'Parser key "([^"]+)":\s*(.*)', message)
-        key, text = (match.group(1), match.group(2)) if match else ("", message)
-        hint = _HINTS.get(key.split(".")[0]) if schema is not ClaimFile else None
-        raise StudyError(f"{where}: {key}: {text}" + (f"; write {hint}" if hint else "")) from None
+        key, text = (str(match.group(1)), str(match.group(2))) if match else ("", message)
+        fix = _HINTS.get(key.split(".")[0]) if schema is not ClaimFile else None
+        raise StudyError(f"{where}: {key}: {text}" + (f"; write {fix}" if fix else "")) from None
     return schema(**{name: parsed.get(name) for name in fields if name in parsed})
 
 

@@ -89,8 +89,9 @@ def run_trial(trial: Trial) -> TrialResult:
     logger = mlflow_logger(cli.trainer)
     if logger is None:
         raise TrialFailed(f"{trial.label}: the run has no MLflow logger")
-    metrics = dict(logger.experiment.get_run(logger.run_id).data.metrics)
-    return TrialResult(trial.key, logger.run_id, metrics, time.perf_counter() - start, os.getpid())
+    run_id = str(logger.run_id)
+    metrics = dict(logger.experiment.get_run(run_id).data.metrics)
+    return TrialResult(trial.key, run_id, metrics, time.perf_counter() - start, os.getpid())
 
 
 @contextlib.contextmanager

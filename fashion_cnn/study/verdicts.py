@@ -199,7 +199,7 @@ def evaluate_claim(
         b_label = str(claim.b)
     n_text = _n_text(a, b)
     one_sample = isinstance(b, float)
-    if len(a) < 2 or (not one_sample and len(b) < 2):
+    if len(a) < 2 or (not isinstance(b, float) and len(b) < 2):
         return _too_few(claim, n_text)
     diff = welch(a, b)
     lo, hi = diff.ci(1 - alpha)

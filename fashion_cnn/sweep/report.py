@@ -1,0 +1,292 @@
+"""A sweep's report: the best trial's config and test metrics, three figures, ``report.md``.
+
+:func:`write_report` writes to the sweep's output folder ``best_config.yaml`` (the best trial's full
+``fit`` config, ready to run), ``optimization_history.png``, ``param_importances.png``,
+``parallel_coordinates.png``, ``trials.json`` and ``report.md``, and logs them and the headline
+numbers on the parent run. The best trial is evaluated on the test set once: a later report finds
+that evaluation's MLflow run (tag ``sweep_role: test``) and reuses it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from fashion_cnn import figures
+from fashion_cnn.sweep.markdown import finite, report_markdown, seconds, wall
+from fashion_cnn.sweep.objective import (
+    ATTR_CHECKPOINT,
+    ATTR_REASON,
+    ATTR_RUN,
+    TAG_ROLE,
+    TAG_SWEEP,
+    TAG_TRIAL,
+    set_dotted,
+)
+from fashion_cnn.sweep.progress import SweepProgress
+from fashion_cnn.sweep.spec import SweepSpec
+from fashion_cnn.sweep.storage import shown
+
+log = logging.getLogger(__name__)
+
+
+def write_report(
+    spec: SweepSpec,
+    study: Any,
+    client: Any,
+    parent_id: str,
+    command: str | None = None,
+    progress: SweepProgress | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Write the report files, evaluate the best trial on the test set (once), log it all on the
+    parent run. Returns the report's path and the summary (also in ``trials.json``)."""
+    progress = progress or SweepProgress()
+    out = spec.output
+    out.mkdir(parents=True, exist_ok=True)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    complete = [t for t in trials if t.state.name == "COMPLETE" and finite(t.value)]
+    best = None
+    if complete:
+        best = (max if spec.higher_is_better else min)(complete, key=lambda t: (t.value, -t.number))
+    test: dict[str, float] = {}
+    test_note = ""
+    files = []
+    if best is not None:
+        config_path = out / "best_config.yaml"
+        config_path.write_text(_best_config_text(spec, best, command), encoding="utf-8")
+        files.append(config_path)
+        test, test_note = evaluate_best(spec, best, client, parent_id, config_path)
+        if test_note:
+            progress.note(test_note)
+    drawn, figure_notes = _figures(spec, study, trials, complete, out)
+    files += [out / f for f in drawn]
+    summary = _summary(spec, trials, counts, best, test)
+    data = out / "trials.json"
+    data.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    report = out / "report.md"
+    text = report_markdown(
+        spec, trials, counts, best, test, test_note, drawn, figure_notes, parent_id, command
+    )
+    report.write_text(text, encoding="utf-8")
+    files += [data, report]
+    _log_on_parent(client, parent_id, spec, counts, best, test, files)
+    return report, summary
+
+
+# --------------------------------------------------------------------------------------------
+# The best trial: its config, its one test evaluation
+
+
+def best_config(spec: SweepSpec, trial: Any) -> dict[str, Any]:
+    """The best trial's full ``fit`` config without the sweep's plumbing (logger, names, pruning)."""
+    config = copy.deepcopy(spec.resolved)
+    config.pop("config", None)
+    for key, value in trial.params.items():
+        set_dotted(config, key, value)
+    config["run_name"] = f"{spec.name}-best"
+    return config
+
+
+def _best_config_text(spec: SweepSpec, trial: Any, command: str | None) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
+    header = [
+        f"# Best trial of sweep {spec.name}: trial {trial.number}, {spec.objective} {trial.value:.4f}",
+        f"#           ({params}).",
+        f"# Found by: {command or 'fashion-cnn sweep'}",
+        f"# Run:      fashion-cnn fit --config {spec.output / 'best_config.yaml'}",
+        "# The training budget is the sweep's (trainer.max_epochs, limit_*_batches); raise it for a",
+        "# full run.",
+    ]
+    return "\n".join(header) + "\n" + yaml.safe_dump(best_config(spec, trial), sort_keys=False)
+
+
+def evaluate_best(
+    spec: SweepSpec, trial: Any, client: Any, parent_id: str, config_path: Path
+) -> tuple[dict[str, float], str]:
+    """The test metrics of the best trial's best checkpoint: from an earlier evaluation of the same
+    trial under this parent, else by running ``fashion-cnn test`` once. Returns (metrics, note)."""
+    from fashion_cnn.study.trial import console_to
+    from fashion_cnn.tracking import resolve_tracking_uri
+
+    done = _test_runs(client, parent_id, trial.number)
+    if done:
+        return _test_metrics(done[0].data.metrics), ""
+    checkpoint = trial.user_attrs.get(ATTR_CHECKPOINT)
+    if not checkpoint or not Path(checkpoint).is_file():
+        return {}, (
+            f"best trial {trial.number}: its checkpoint {checkpoint or '(none recorded)'} is not on this "
+            "machine; "
+            "the test evaluation is left out (run the report where the trial trained)"
+        )
+    from fashion_cnn.experiment import run_cli
+
+    run_id = trial.user_attrs.get(ATTR_RUN)
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    tags = {
+        MLFLOW_PARENT_RUN_ID: parent_id,
+        TAG_SWEEP: spec.name,
+        TAG_ROLE: "test",
+        TAG_TRIAL: str(trial.number),
+        "tested_run": str(run_id),
+    }
+    run = client.create_run(
+        experiment_id, run_name=f"{spec.name}-best-trial{trial.number:04d}-test", tags=tags
+    )
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    config["output_dir"] = str(spec.output / "runs")
+    logger = config["trainer"]["logger"]
+    logger["init_args"] = {
+        **(logger.get("init_args") or {}),
+        "tracking_uri": resolve_tracking_uri(spec.tracking_uri),
+        "run_id": run.info.run_id,
+    }
+    config["trainer"]["enable_progress_bar"] = False
+    test_config = spec.output / "logs" / f"test-trial-{trial.number:04d}.yaml"
+    test_config.parent.mkdir(parents=True, exist_ok=True)
+    test_config.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    with open(test_config.with_suffix(".log"), "a", encoding="utf-8") as stream, console_to(stream):
+        run_cli(["test", "--config", str(test_config), "--ckpt_path", checkpoint])
+    return _test_metrics(client.get_run(run.info.run_id).data.metrics), ""
+
+
+def _test_runs(client: Any, parent_id: str, number: int) -> list[Any]:
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{TAG_ROLE} = 'test' AND tags.{TAG_TRIAL} = '{number}' "
+        f"AND tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' AND attributes.status = 'FINISHED'",
+        max_results=10,
+    )
+    return [r for r in found if any(k.startswith("test/") for k in r.data.metrics)]
+
+
+def _test_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith("test/")}
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def _figures(
+    spec: SweepSpec, study: Any, trials: Sequence[Any], complete: Sequence[Any], out: Path
+) -> tuple[list[str], list[str]]:
+    """Draw what the trials allow; returns the files written and notes on what was left out."""
+    if not figures.matplotlib_available():
+        return [], ["matplotlib is not installed: no figures"]
+    drawn, notes = [], []
+    pruned = [(t.number, t.value) for t in trials if t.state.name == "PRUNED" and finite(t.value)]
+    fig = figures.plot_optimization_history(
+        spec.objective, spec.higher_is_better, [(t.number, t.value) for t in complete], pruned
+    )
+    figures.save_figure(fig, out / "optimization_history.png")
+    drawn.append("optimization_history.png")
+    importances = param_importances(study)
+    if importances:
+        figures.save_figure(
+            figures.plot_param_importances(spec.objective, importances), out / "param_importances.png"
+        )
+        drawn.append("param_importances.png")
+    else:
+        notes.append("parameter importances need two or more complete trials that differ")
+    if complete:
+        axes = [
+            figures.ParallelAxis(
+                p.key,
+                [t.params.get(p.key) for t in complete],
+                p.log,
+                list(p.choices) if p.kind == "categorical" else None,
+            )
+            for p in spec.space.params
+        ]
+        fig = figures.plot_parallel_coordinates(
+            spec.objective, spec.higher_is_better, [t.value for t in complete], axes
+        )
+        figures.save_figure(fig, out / "parallel_coordinates.png")
+        drawn.append("parallel_coordinates.png")
+    return drawn, notes
+
+
+def param_importances(study: Any) -> dict[str, float]:
+    """Optuna's fANOVA importances over the complete trials ({} when they cannot be computed).
+
+    Only keys every complete trial sampled take part (a conditional key such as norm_groups does
+    not).
+    """
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2 or len({t.value for t in complete}) < 2:
+        return {}
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    except (RuntimeError, ValueError) as exc:  # e.g. no key varies across the complete trials
+        log.info("parameter importances left out: %s", exc)
+        return {}
+
+
+# --------------------------------------------------------------------------------------------
+# The summary, the Markdown, MLflow
+
+
+def _summary(
+    spec: SweepSpec, trials: Sequence[Any], counts: Mapping[str, int], best: Any, test: Mapping[str, float]
+) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "storage": shown(spec.storage),
+        "objective": spec.objective,
+        "direction": spec.direction,
+        "counts": dict(counts),
+        "wall_s": wall(trials),
+        "trial_s": sum(s for s in map(seconds, trials) if s is not None),
+        "best": None
+        if best is None
+        else {"number": best.number, "value": best.value, "params": best.params, "test": dict(test)},
+        "trials": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value if finite(t.value) else None,
+                "params": t.params,
+                "epochs": max(t.intermediate_values, default=0),
+                "seconds": seconds(t),
+                "mlflow_run_id": t.user_attrs.get(ATTR_RUN),
+                "fail_reason": t.user_attrs.get(ATTR_REASON),
+            }
+            for t in trials
+        ],
+    }
+
+
+def _log_on_parent(
+    client: Any,
+    parent_id: str,
+    spec: SweepSpec,
+    counts: Mapping[str, int],
+    best: Any,
+    test: Mapping[str, float],
+    files: Sequence[Path],
+) -> None:
+    metrics = {f"trials/{k.lower()}": float(v) for k, v in counts.items()}
+    if best is not None:
+        metrics[f"best/{spec.objective}"] = float(best.value)
+        metrics.update({f"best/{k}": v for k, v in test.items()})
+        client.set_tag(parent_id, "best_trial", str(best.number))
+        client.set_tag(parent_id, "best_run_id", str(best.user_attrs.get(ATTR_RUN)))
+    for key, value in metrics.items():
+        client.log_metric(parent_id, key, value)
+    for path in files:
+        client.log_artifact(parent_id, str(path), "report")
+
+
+__all__ = ["best_config", "evaluate_best", "param_importances", "report_markdown", "write_report"]

@@ -1,0 +1,327 @@
+"""A sweep's settings, checked: the space against the CLI's own parser, the objective, the budget.
+
+:func:`build_spec` takes the ``sweep`` command's arguments (the sweep file is a config of that
+command, so they arrive already typed) and returns a :class:`SweepSpec`, or raises
+:class:`~fashion_cnn.sweep.space.SweepError` naming the key and the fix. Everything is checked
+before the first trial: every key of the space is resolved through ``fit``'s parser at both ends of
+its range and at every choice (an unknown key, or a value the config refuses, is named), and the
+model is built at each of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fashion_cnn.configs import resolve_config
+from fashion_cnn.errors import ConfigError
+from fashion_cnn.experiment import ConfigResolver
+from fashion_cnn.study.plan import digest, flatten, hashable, override_args, plain
+from fashion_cnn.sweep.pruning import PrunerName, PrunerSettings
+from fashion_cnn.sweep.space import SearchSpace, SpaceParam, SweepError, parse_space
+from fashion_cnn.sweep.storage import default_storage
+from fashion_cnn.tracking import resolve_tracking_uri
+
+DEFAULT_EXPERIMENT = "fashion-cnn-sweeps"
+
+# What FashionCNN logs at the end of every validation epoch (validation_step and
+# on_validation_epoch_end), and which way is better. tests/test_sweep.py checks a real run logs them.
+VALIDATION_METRICS = {"val/acc": "higher", "val/acc_best": "higher", "val/loss": "lower"}
+
+# Settings the sweep controls for every trial; neither the space nor the fixed settings may set them.
+RESERVED = {
+    "seed_everything": "use the sweep's seed:",
+    "run_name": "the sweep names its trials <name>-trial<N>",
+    "config": "use the sweep's base:",
+    "output_dir": "use the sweep's output_dir:",
+    "ckpt_path": "every trial starts afresh",
+    "test_after_fit": "trials never look at the test set; the best trial is tested once at the end",
+    "checkpoint.monitor": "each trial keeps the checkpoint that is best on the objective",
+    "checkpoint.mode": "each trial keeps the checkpoint that is best on the objective",
+    "checkpoint.dirpath": "trials file their checkpoints under <output_dir>/runs",
+    "trainer.logger.init_args.tags": "the sweep tags its runs itself",
+    "trainer.logger.init_args.run_id": "the sweep creates its runs itself",
+    "trainer.logger.init_args.run_name": "the sweep names its runs",
+    "trainer.logger.init_args.experiment_name": "use the sweep's experiment:",
+}
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A checked sweep: what to search, how, for how long, and where its records go."""
+
+    name: str
+    base: Path | None
+    settings: dict[str, Any]  # fixed dotted settings of every trial (after base)
+    space: SearchSpace
+    objective: str
+    higher_is_better: bool
+    n_trials: int | None
+    timeout: float | None
+    sampler: Literal["tpe", "random"]
+    startup_trials: int
+    pruner: PrunerSettings
+    seed: int
+    storage: str
+    workers: int
+    run_cpus: int | None
+    output: Path
+    experiment: str
+    enqueue: tuple[dict[str, Any], ...]
+    resolved: dict[str, Any]  # base + settings + the sweep's own, as fit resolves it
+    tracking_uri: str
+
+    @property
+    def direction(self) -> Literal["maximize", "minimize"]:
+        return "maximize" if self.higher_is_better else "minimize"
+
+    @property
+    def args(self) -> list[str]:
+        """The CLI arguments every trial shares, after ``--config base``."""
+        return base_args(self.seed, self.objective, self.higher_is_better, self.settings)
+
+    @property
+    def trials_hash(self) -> str:
+        """Hash of what the trials compute apart from the sampled keys (base and fixed settings)."""
+        return digest(hashable(self.resolved))
+
+
+def base_args(seed: int, objective: str, higher: bool, settings: Mapping[str, Any]) -> list[str]:
+    return [
+        f"--seed_everything={seed}",
+        f"--checkpoint.monitor={objective}",
+        f"--checkpoint.mode={'max' if higher else 'min'}",
+        *override_args(settings),
+    ]
+
+
+def build_spec(
+    space: Mapping[str, Any],
+    base: str | None = None,
+    name: str = "sweep",
+    objective: str = "val/acc",
+    direction: Literal["higher", "lower"] | None = None,
+    n_trials: int | None = 20,
+    timeout: float | None = None,
+    sampler: Literal["tpe", "random"] = "tpe",
+    startup_trials: int = 10,
+    pruner: PrunerName = "median",
+    prune_from_epoch: int = 1,
+    pruner_startup_trials: int = 5,
+    prune_threshold: float | None = None,
+    seed: int = 0,
+    storage: str | None = None,
+    workers: int = 1,
+    run_cpus: int | None = None,
+    output_dir: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    enqueue: Sequence[Mapping[str, Any]] = (),
+    settings: Mapping[str, Any] | None = None,
+    resolver: ConfigResolver | None = None,
+) -> SweepSpec:
+    """Check a sweep's settings (the ``sweep`` command's options) and resolve its base config.
+
+    Raises:
+        SweepError: Naming the key, what is wrong and what would work.
+    """
+    if not _NAME.match(name):
+        raise SweepError(
+            f"name: {name!r} is not usable; use letters, digits, _ . + - (it names runs and folders)"
+        )
+    _check_budget(n_trials, timeout, workers, startup_trials)
+    if run_cpus is not None and run_cpus < 1:
+        raise SweepError(f"run_cpus: {run_cpus}; use at least 1 (torch threads per trial)")
+    higher = _objective(objective, direction)
+    checked = parse_space(space)
+    pruner_settings = _pruner(pruner, prune_from_epoch, pruner_startup_trials, prune_threshold, higher)
+    fixed = dict(settings or {})
+    for key in [*fixed, *checked.keys]:
+        _not_reserved(key, "space" if key in checked.keys else "settings")
+    base_path = None
+    if base is not None:
+        try:
+            base_path = resolve_config(base, "base").resolve()
+        except ConfigError as exc:
+            raise SweepError(str(exc)) from None
+    resolver = resolver or ConfigResolver()
+    args = base_args(seed, objective, higher, fixed)
+    try:
+        resolved = resolver.resolve(base_path, args)
+    except ConfigError as exc:
+        raise SweepError(f"the base config with the sweep's settings does not parse: {exc}") from None
+    trainer = resolved.get("trainer") or {}
+    _check_runs(resolved, trainer, pruner_settings)
+    pruner_settings = PrunerSettings(
+        **{**pruner_settings.as_dict(), "max_epochs": int(trainer["max_epochs"])}
+    )
+    for p in checked.params:
+        _check_key(resolver, base_path, args, resolved, checked, p)
+    queued = tuple(checked.check_values(dict(e), f"enqueue[{i}]") for i, e in enumerate(enqueue))
+    output = Path(output_dir or Path("sweeps") / name).absolute()
+    logger_args = (trainer.get("logger") or {}).get("init_args") or {}
+    return SweepSpec(
+        name=name,
+        base=base_path,
+        settings=fixed,
+        space=checked,
+        objective=objective,
+        higher_is_better=higher,
+        n_trials=n_trials,
+        timeout=timeout,
+        sampler=sampler,
+        startup_trials=startup_trials,
+        pruner=pruner_settings,
+        seed=seed,
+        storage=_storage(storage, output),
+        workers=workers,
+        run_cpus=run_cpus,
+        output=output,
+        experiment=experiment,
+        enqueue=queued,
+        resolved=resolved,
+        tracking_uri=resolve_tracking_uri(logger_args.get("tracking_uri")),
+    )
+
+
+def settings_of(groups: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
+    """``{"trainer": {"max_epochs": 2}}`` (as the command parses them) -> ``{"trainer.max_epochs": 2}``."""
+    return flatten({group: plain(values) for group, values in groups.items() if values})
+
+
+def _check_budget(n_trials: int | None, timeout: float | None, workers: int, startup_trials: int) -> None:
+    if n_trials is None and timeout is None:
+        raise SweepError("n_trials and timeout are both unset; give the search a budget, e.g. n_trials: 20")
+    if n_trials is not None and n_trials < 1:
+        raise SweepError(f"n_trials: {n_trials}; use at least 1 (the number of trials the search grows to)")
+    if timeout is not None and not timeout > 0:
+        raise SweepError(f"timeout: {timeout}; use a number of seconds > 0, or leave it unset")
+    if workers < 1:
+        raise SweepError(f"workers: {workers}; use at least 1 (local processes sharing the storage)")
+    if startup_trials < 0:
+        raise SweepError(f"startup_trials: {startup_trials}; use 0 or more (random trials before TPE)")
+
+
+def _objective(objective: str, direction: str | None) -> bool:
+    """Whether higher is better for ``objective``; refuses the test set and metrics never logged."""
+    if objective.startswith("test/"):
+        raise SweepError(
+            f"objective: {objective} is a test metric, and the test set is never the objective: choosing "
+            "on it would leave no unbiased estimate of the result. Use a validation metric (val/acc); the "
+            "best trial is evaluated once on the test set at the end"
+        )
+    if objective not in VALIDATION_METRICS:
+        close = difflib.get_close_matches(objective, list(VALIDATION_METRICS), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        logged = ", ".join(f"{k} ({v})" for k, v in VALIDATION_METRICS.items())
+        raise SweepError(
+            f"objective: the runs never log {objective} per validation epoch; {hint}they log {logged}"
+        )
+    natural = VALIDATION_METRICS[objective]
+    if direction is not None and direction != natural:
+        raise SweepError(
+            f"direction: {direction} for {objective} would search for the worst model; {objective} is better "
+            f"{natural} (leave direction unset to use that)"
+        )
+    return natural == "higher"
+
+
+def _pruner(
+    name: str, from_epoch: int, startup_trials: int, threshold: float | None, higher: bool
+) -> PrunerSettings:
+    if from_epoch < 1:
+        raise SweepError(
+            f"prune_from_epoch: {from_epoch}; use 1 or more (1: trials can stop after their first epoch)"
+        )
+    if startup_trials < 0:
+        raise SweepError(f"pruner_startup_trials: {startup_trials}; use 0 or more")
+    if name == "threshold" and threshold is None:
+        raise SweepError("pruner: threshold needs prune_threshold, e.g. prune_threshold: 0.5 for val/acc")
+    if name != "threshold" and threshold is not None:
+        raise SweepError(f"prune_threshold is used by pruner: threshold only (pruner is {name}); remove it")
+    return PrunerSettings(name, from_epoch, startup_trials, threshold, higher)  # type: ignore[arg-type]
+
+
+def _not_reserved(key: str, where: str) -> None:
+    bare = key.removeprefix("--")
+    for reserved, why in RESERVED.items():
+        if bare == reserved or bare.startswith(reserved + "."):
+            raise SweepError(f"{where}: {bare} is set by the sweep for every trial; {why}")
+
+
+def _check_runs(resolved: Mapping[str, Any], trainer: Mapping[str, Any], pruner: PrunerSettings) -> None:
+    logger = trainer.get("logger") or {}
+    if not (isinstance(logger, Mapping) and str(logger.get("class_path", "")).endswith("MLflowLogger")):
+        raise SweepError(
+            "sweeps need the MLflow logger (trainer.logger: fashion_cnn.tracking.MLflowLogger); remove the "
+            "other logger from the base config"
+        )
+    if trainer.get("limit_val_batches") == 0:
+        raise SweepError(
+            "trainer.limit_val_batches is 0: the runs would never validate, so the objective would never be "
+            "logged; give them validation batches"
+        )
+    epochs = trainer.get("max_epochs")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise SweepError(f"trainer.max_epochs: {epochs}; sweeps need an epoch budget per trial, e.g. 3")
+    if pruner.name != "none" and pruner.from_epoch >= epochs:
+        raise SweepError(
+            f"prune_from_epoch {pruner.from_epoch} leaves no epoch to prune at (trainer.max_epochs {epochs}; "
+            "a trial is never pruned after its last epoch); lower it, raise max_epochs, or use pruner: none"
+        )
+
+
+def _check_key(
+    resolver: ConfigResolver,
+    base: Path | None,
+    args: Sequence[str],
+    resolved: Mapping[str, Any],
+    space: SearchSpace,
+    p: SpaceParam,
+) -> None:
+    """Resolve ``p`` at every representative value, with its conditions met; build the model there."""
+    from fashion_cnn.system import FashionCNN
+
+    known = list(flatten(resolved))
+    where = f"space: {p.key}"
+    if p.key not in known:
+        close = difflib.get_close_matches(p.key, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else "`fashion-cnn fit --print_config` lists the keys"
+        raise SweepError(f"{where} is not a config key of fit; {hint}")
+    conditions = [f"--{key}={_json(allowed[0])}" for key, allowed in p.when]
+    for value in p.representatives():
+        try:
+            config = resolver.resolve(base, [*args, *conditions, f"--{p.key}={_json(value)}"])
+        except ConfigError as exc:
+            raise SweepError(f"{where}: the config refuses {value!r}: {exc}") from None
+        got = flatten(config).get(p.key)
+        if got != value:  # e.g. a value the parser coerced to something else
+            raise SweepError(f"{where}: {value!r} resolves to {got!r}; give values of the key's own type")
+        if p.key.startswith("model."):
+            try:
+                FashionCNN(**(config.get("model") or {}))
+            except (TypeError, ValueError) as exc:
+                raise SweepError(
+                    f"{where}: with {p.key}={value!r} the model cannot be built: {exc}"
+                ) from None
+
+
+def _storage(storage: str | None, output: Path) -> str:
+    if storage is None:
+        return default_storage(output)
+    if "://" in storage:
+        return storage
+    return str(Path(os.path.expanduser(storage)).absolute())
+
+
+def _json(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+__all__ = ["DEFAULT_EXPERIMENT", "RESERVED", "VALIDATION_METRICS", "SweepSpec", "build_spec", "settings_of"]

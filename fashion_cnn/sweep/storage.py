@@ -1,0 +1,164 @@
+"""Where a sweep's Optuna study lives: a journal file by default, or a database for many machines.
+
+- A path (no ``://``) is an Optuna journal file (``JournalStorage(JournalFileBackend(path))``): an
+  append-only log guarded by a file lock, safe for several processes on one machine. sqlite is not
+  the default because several processes writing one sqlite database get "database is locked"
+  (optuna #820).
+- An SQLAlchemy URL (``postgresql://user@host/db``, ``mysql+pymysql://...``) is an ``RDBStorage``
+  that workers on many machines share. Before Optuna touches it, the server is asked once with a
+  short timeout, so a wrong host or a stopped server fails within seconds, naming the URL (the
+  drivers would otherwise wait for the operating system's TCP timeout, minutes). Its trials send a
+  heartbeat, so a trial whose worker died is marked failed by the next worker that starts one.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import warnings
+from pathlib import Path
+from typing import Any
+
+from fashion_cnn.errors import MissingDependencyError
+from fashion_cnn.sweep.space import SweepError
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5  # how long a database may take to accept the first connection
+HEARTBEAT_S = 60  # RDB trials record a heartbeat this often ...
+GRACE_S = 180  # ... and one silent for this long is failed as stale
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
+JOURNAL_NAME = "optuna.journal"
+
+
+def is_database(storage: str) -> bool:
+    """Whether ``storage`` is an SQLAlchemy URL (else a journal file path)."""
+    return "://" in storage
+
+
+def default_storage(output: Path) -> str:
+    """The journal file in the sweep's output folder, beside the trials' checkpoints and logs."""
+    return str(output / JOURNAL_NAME)
+
+
+def shown(storage: str) -> str:
+    """``storage`` with any password hidden, for messages, logs and tags."""
+    if not is_database(storage):
+        return storage
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(storage).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse is reported by check_reachable
+        return storage
+
+
+def check_reachable(storage: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise :class:`SweepError` within ``timeout`` seconds if the database server does not answer.
+
+    Journal files and sqlite URLs need no server and pass.
+    """
+    if not is_database(storage):
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage)
+    except ArgumentError as exc:
+        raise SweepError(
+            f"--storage {storage}: not a database URL ({exc}); write e.g. postgresql://user@host:5432/db, "
+            "or a file path for a local journal"
+        ) from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return
+    host = url.host or "localhost"
+    port = url.port or _DEFAULT_PORTS.get(backend)
+    if port is None:
+        return  # an unusual backend: leave it to its driver
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise SweepError(
+            f"--storage {shown(storage)}: the database at {host}:{port} does not answer ({reason}, "
+            f"waited up to {timeout:g} s). Start the server, fix the host or port, or leave --storage out "
+            "for a local journal file"
+        ) from None
+
+
+def with_driver(storage: str) -> str:
+    """``postgresql://...`` with the driver that is installed.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3; this package's ``postgres`` extra
+    installs psycopg2. Where only psycopg2 is there, the URL names it. An explicit driver
+    (``postgresql+psycopg://``) is kept.
+    """
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(storage)
+    if url.drivername != "postgresql" or importlib.util.find_spec("psycopg") is not None:
+        return storage
+    if importlib.util.find_spec("psycopg2") is None:
+        return storage  # the driver error names what to install
+    return url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+
+
+def open_storage(storage: str, check: bool = True) -> Any:
+    """The Optuna storage for ``storage`` (a journal path or a database URL).
+
+    Args:
+        storage: A file path (journal) or an SQLAlchemy URL.
+        check: Ask the database server first (see :func:`check_reachable`).
+
+    Raises:
+        SweepError: The database does not answer or refuses the connection.
+        MissingDependencyError: The URL's database driver is not installed.
+    """
+    import optuna
+
+    if not is_database(storage):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(storage).expanduser()
+        if path.is_dir():
+            raise SweepError(
+                f"--storage {storage} is a folder; name a journal file, e.g. {path / JOURNAL_NAME}"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if check:
+        check_reachable(storage)
+    from sqlalchemy.engine import make_url
+
+    given, storage = storage, with_driver(storage)
+    backend = make_url(storage).get_backend_name()
+    engine: dict[str, Any] = {}
+    if backend in ("postgresql", "mysql", "mariadb"):
+        engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+            return optuna.storages.RDBStorage(
+                storage,
+                engine_kwargs=engine,
+                heartbeat_interval=None if backend == "sqlite" else HEARTBEAT_S,
+                grace_period=None if backend == "sqlite" else GRACE_S,
+            )
+    except ImportError as exc:  # Optuna re-raises the driver's ModuleNotFoundError as an ImportError
+        raise MissingDependencyError(
+            f"--storage {shown(given)} needs a database driver that is not installed ({exc}); for "
+            'PostgreSQL: pip install "fashion-cnn[postgres]"'
+        ) from None
+    except Exception as exc:  # sqlalchemy.exc.OperationalError and friends: auth, missing database
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        if "timeout expired" in first:
+            first = f"it accepted the connection but did not answer within {CONNECT_TIMEOUT_S} s ({first})"
+        raise SweepError(f"--storage {shown(given)} cannot be used: {first}") from None
+
+
+__all__ = ["check_reachable", "default_storage", "is_database", "open_storage", "shown"]
