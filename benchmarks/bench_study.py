@@ -85,7 +85,7 @@ class Mode:
 def run_mode(mode: Mode, study: str, seeds: Sequence[int], overrides: list[str], executor) -> Mode:
     folder = Path(tempfile.mkdtemp(prefix=f"bench-study-{mode.name}-"))
     store = f"sqlite:///{folder / 'mlflow.db'}"
-    previous = os.getcwd()
+    previous, previous_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
     os.chdir(folder)
     os.environ["MLFLOW_TRACKING_URI"] = store
     timing = Timing()
@@ -103,7 +103,10 @@ def run_mode(mode: Mode, study: str, seeds: Sequence[int], overrides: list[str],
     finally:
         mode.wall_s = time.monotonic() - start
         os.chdir(previous)
-        del os.environ["MLFLOW_TRACKING_URI"]
+        if previous_uri is None:
+            del os.environ["MLFLOW_TRACKING_URI"]
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_uri
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("fashion-cnn-studies")
     runs = client.search_runs([experiment.experiment_id], "tags.study_role = 'trial'")

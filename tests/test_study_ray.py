@@ -49,6 +49,11 @@ expected: [four beats two on test/acc]
 """
 
 
+def on_ray(address: str, *extra: str) -> list[str]:
+    """The study options that send its runs to the Ray cluster at ``address``."""
+    return ["--executor", "ray", "--ray_address", address, *extra]
+
+
 @pytest.fixture(scope="module")
 def head() -> str:
     with ray_head(num_cpus=2) as address:
@@ -90,7 +95,7 @@ def test_ray_and_serial_give_identical_runs(work: Path, head: str, capsys: pytes
     serial, parallel = work / "serial", work / "ray"
     for folder, extra in (
         (serial, []),
-        (parallel, ["--executor", "ray", "--ray_address", head, "--workers", "2"]),
+        (parallel, on_ray(head, "--workers", "2")),
     ):
         folder.mkdir()
         os.chdir(folder)
@@ -108,7 +113,7 @@ def test_a_killed_worker_is_retried_and_its_run_ends_failed(work: Path, head: st
     marker = work / "killed-once"
     fault = f'[{{"class_path": "_faults.KillOnce", "init_args": {{"marker": "{marker}", "step": 1}}}}]'
     argv = ["study", str(work / "ray.yaml"), *TINY, "--seeds", "1", "--trainer.callbacks", fault]
-    code = main([*argv, "--executor", "ray", "--ray_address", head, "--workers", "2", "--max_retries", "2"])
+    code = main([*argv, *on_ray(head, "--workers", "2", "--max_retries", "2")])
     assert code == 0
     assert marker.exists()  # one worker really died
     trials = _trials(work / "mlflow.db")
@@ -131,12 +136,7 @@ def test_a_run_that_fails_for_a_user_reason_is_not_retried(
             str(work / "ray.yaml"),
             *TINY,
             *nan,
-            "--executor",
-            "ray",
-            "--ray_address",
-            head,
-            "--workers",
-            "1",
+            *on_ray(head, "--workers", "1"),
             "--max_retries",
             "3",
         ]
@@ -160,12 +160,7 @@ def test_sigterm_on_the_driver_kills_the_runs_and_a_rerun_continues(work: Path, 
         *TINY,
         "--trainer.callbacks",
         slow,
-        "--executor",
-        "ray",
-        "--ray_address",
-        head,
-        "--workers",
-        "2",
+        *on_ray(head, "--workers", "2"),
     ]
     proc = subprocess.Popen(command, cwd=work, stderr=subprocess.PIPE, text=True)
     store = work / "mlflow.db"
@@ -203,14 +198,14 @@ def test_sigterm_on_the_driver_kills_the_runs_and_a_rerun_continues(work: Path, 
 def test_bad_ray_settings_stop_before_any_run(work: Path, head: str, capsys: pytest.CaptureFixture) -> None:
     cases = [
         (
-            ["--executor", "ray", "--ray_address", head, "--run_cpus", "64"],
+            on_ray(head, "--run_cpus", "64"),
             "no node of the cluster has that many CPUs",
         ),
         (
-            ["--executor", "ray", "--ray_address", head, "--run_gpus", "1"],
+            on_ray(head, "--run_gpus", "1"),
             "no node of the cluster has that many GPUs",
         ),
-        (["--executor", "ray", "--ray_address", "127.0.0.1:9"], "no Ray cluster answers there"),
+        (on_ray("127.0.0.1:9"), "no Ray cluster answers there"),
         (["--executor", "ray", "--run_gpus", "-1"], "--run_gpus -1"),
         (["--executor", "serial", "--ray_address", head], "need --executor ray"),
     ]
@@ -245,8 +240,7 @@ def test_joining_a_token_cluster_without_token_mode_says_how(work: Path, head: s
     """``ray start`` clusters want Ray's token; a driver sends it to host:port only in token mode."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     done = subprocess.run(
-        [sys.executable, "-m", "fashion_cnn.cli", "study", str(work / "ray.yaml"), *TINY]
-        + ["--executor", "ray", "--ray_address", head],
+        [sys.executable, "-m", "fashion_cnn.cli", "study", str(work / "ray.yaml"), *TINY] + on_ray(head),
         cwd=work,
         env=env,
         capture_output=True,
@@ -279,7 +273,7 @@ def test_a_multi_node_cluster_needs_a_tracking_server(
                 time.sleep(0.5)
         finally:
             ray.shutdown()
-        code = main(["study", str(work / "ray.yaml"), *TINY, "--executor", "ray", "--ray_address", head])
+        code = main(["study", str(work / "ray.yaml"), *TINY, *on_ray(head)])
         err = capsys.readouterr().err
         assert code == 2
         assert "2 nodes" in err and "MLflow tracking server" in err and "Traceback" not in err
@@ -302,12 +296,7 @@ def test_workers_log_over_http_to_a_server_on_postgresql(
                 *TINY,
                 "--seeds",
                 "1",
-                "--executor",
-                "ray",
-                "--ray_address",
-                head,
-                "--workers",
-                "2",
+                *on_ray(head, "--workers", "2"),
             ]
         )
         assert code == 0

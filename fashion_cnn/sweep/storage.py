@@ -92,9 +92,9 @@ def check_reachable(storage: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
 def with_driver(storage: str) -> str:
     """``postgresql://...`` with the driver that is installed.
 
-    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3; this package's ``postgres`` extra
-    installs psycopg2. Where only psycopg2 is there, the URL names it. An explicit driver
-    (``postgresql+psycopg://``) is kept.
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, which this package's ``postgres``
+    extra installs. Where only psycopg2 is installed, the URL names it instead. An explicit driver
+    (``postgresql+psycopg2://``) is kept.
     """
     import importlib.util
 
