@@ -40,6 +40,7 @@ def study(
     output_dir: str | None = None,
     experiment: str = "fashion-cnn-studies",
     combined_report: str | None = None,
+    compare_with: str | None = None,
     dry_run: bool = False,
     report_only: bool = False,
     reuse: bool = True,
@@ -66,7 +67,10 @@ def study(
         output_dir: Report folder (default studies/<name>; with several studies, OUTPUT_DIR/<name>).
             Each run's checkpoints and log go under it.
         experiment: MLflow experiment of the parent and child runs.
-        combined_report: Also write one Markdown document over all the studies to this file.
+        combined_report: Also write one Markdown document over all the studies to this file (and
+            its results to the .json beside it).
+        compare_with: Another combined report (.md or .json) to set this one's verdicts against:
+            adds a table of the claims whose verdict differs (e.g. a short and a full budget).
         dry_run: Show the plan; run nothing.
         report_only: Write the reports from the runs already finished; run nothing.
         reuse: Copy a finished run with the same resolved config and seed instead of training.
@@ -105,6 +109,7 @@ def study(
         report_only=report_only,
         reuse=reuse,
         combined_report=combined_report,
+        compare_with=compare_with,
         command=_study_command(studies, locals()),
         executor=runner,
         progress=ConsoleProgress(sys.stderr),
@@ -114,13 +119,14 @@ def study(
 
 
 def _study_command(studies: list[str], given: dict[str, Any]) -> str:
-    """The study command line as run, canonical: files, then every option that is not its default."""
+    """The study command line that trains these runs, canonical: files, then every option that is
+    not its default (``--report_only`` and ``--dry_run`` left out: they train nothing)."""
     import inspect
 
     words = ["fashion-cnn", "study", *studies]
     for name, param in inspect.signature(study).parameters.items():
         value = given.get(name)
-        if name == "studies" or value == param.default:
+        if name in ("studies", "report_only", "dry_run") or value == param.default:
             continue
         if isinstance(value, dict):
             words += [w for key, v in value.items() for w in (f"--{name}.{key}", _word(v))]

@@ -1,9 +1,10 @@
-"""Hardware capability checks that pick fast defaults without slowing down other machines."""
+"""The machine: hardware capability checks that pick fast defaults, and the facts a run records."""
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
 from pathlib import Path
 
@@ -19,18 +20,38 @@ def cpu_has_fast_bf16() -> bool:
     Without these instructions PyTorch emulates bf16 on the CPU, which is slower than fp32, so the
     answer must be a real capability check, not "bf16 is supported".
     """
+    return bool({"avx512_bf16", "amx_bf16"} & set(_cpuinfo("flags").split()))
+
+
+@functools.cache
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` of /proc/cpuinfo ("" where there is none, or no Linux)."""
     if platform.system() != "Linux":
-        return False
+        return ""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    flags = set()
+        return ""
     for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
+        if line.split(":", 1)[0].strip() == field:
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def machine_tags() -> dict[str, str]:
+    """Where a run trains, as MLflow tags: host, CPU model and cores, torch threads, GPU, torch.
+
+    Results and timings depend on the machine (bf16 or not, threads), so every run records it.
+    """
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "machine.host": platform.node(),
+        "machine.cpu": _cpuinfo("model name") or platform.processor() or platform.machine(),
+        "machine.cores": str(os.cpu_count()),
+        "machine.torch_threads": str(torch.get_num_threads()),
+        "machine.gpu": gpu,
+        "machine.torch": torch.__version__,
+    }
 
 
 def fast_precision(accelerator: str) -> str:

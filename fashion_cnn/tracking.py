@@ -317,8 +317,9 @@ class RunIdInCheckpoint(Callback):
 
 
 class LogConfigToMLflow(SaveConfigCallback):
-    """Logs the fully resolved config as the run artifact ``config.yaml`` and the settings that
-    are not model or data hyperparameters (seed, trainer) as params."""
+    """Logs the fully resolved config as the run artifact ``config.yaml``, the settings that are
+    not model or data hyperparameters (seed, trainer) as params, and the machine as ``machine.*``
+    tags."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["save_to_log_dir"] = False
@@ -331,6 +332,12 @@ class LogConfigToMLflow(SaveConfigCallback):
         text = self.parser.dump(self.config, skip_none=False)
         logger.experiment.log_text(logger.run_id, text, "config.yaml")
         logger.log_hyperparams(run_params(self.config))
+        from mlflow.entities import RunTag
+
+        from fashion_cnn.speed import machine_tags
+
+        tags = [RunTag(k, v) for k, v in machine_tags().items()]
+        logger.experiment.log_batch(logger.run_id, tags=tags)
 
 
 # The trainer settings that change results or cost; the rest (progress bar, logging cadence)

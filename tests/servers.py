@@ -52,34 +52,55 @@ def wait_for(check, timeout: float, what: str) -> None:
 
 @contextlib.contextmanager
 def ray_head(num_cpus: int = 2) -> Iterator[str]:
-    """A Ray head node started with ``ray start``; yields its address (``ip:port``)."""
+    """A Ray head node started with ``ray start``; yields its address (``ip:port``).
+
+    It runs with ``--block`` in a session of its own, with its own temp folder, and is stopped by
+    signalling that session: ``ray stop`` would also kill every other Ray on the machine (a user's
+    running study among them).
+    """
     ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     if not Path(ray_cli).exists():
         missing('Ray is not installed (pip install "fashion-cnn[ray]")')
     port = free_port()
+    folder = Path(tempfile.mkdtemp(prefix="fashion-cnn-ray-"))
+    log = folder / "ray-start.log"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run(
-        [
-            ray_cli,
-            "start",
-            "--head",
-            f"--port={port}",
-            f"--num-cpus={num_cpus}",
-            "--num-gpus=0",
-            "--include-dashboard=false",
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=180,
-    )
-    import ray._private.services as services
-
-    address = f"{services.get_node_ip_address()}:{port}"
+    with open(log, "w") as out:
+        head = subprocess.Popen(
+            [
+                ray_cli,
+                "start",
+                "--head",
+                f"--port={port}",
+                f"--num-cpus={num_cpus}",
+                "--num-gpus=0",
+                "--include-dashboard=false",
+                f"--temp-dir={folder}",
+                "--block",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
-        yield address
+        wait_for(
+            lambda: "Ray runtime started" in log.read_text() or head.poll() is not None, 180, "ray start"
+        )
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start failed:\n{log.read_text()[-2000:]}")
+        import ray._private.services as services
+
+        yield f"{services.get_node_ip_address()}:{port}"
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

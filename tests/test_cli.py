@@ -109,6 +109,13 @@ def test_fit_records_everything_in_mlflow(workdir: Path) -> None:
     assert torch.load(best, weights_only=True)["mlflow_run_id"] == run.info.run_id
     assert result.metrics["test/acc"] == run.data.metrics["test/acc"]
     assert not (workdir / "config.yaml").exists()  # Lightning's SaveConfigCallback file: not written
+    # Where it trained, so a figure can always be traced to its machine.
+    assert run.data.tags["machine.cores"] == str(os.cpu_count())
+    assert run.data.tags["machine.torch"] == torch.__version__ and run.data.tags["machine.cpu"]
+    assert run.data.tags["machine.gpu"] == (
+        "none" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
+    )
+    assert run.data.params["trainer.precision"] in ("32-true", "bf16-mixed")
 
 
 def test_runs_never_share_files(workdir: Path) -> None:

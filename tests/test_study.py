@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from fashion_cnn import study
-from fashion_cnn.study import Metric, StudyError, evaluate_claim, load_study, parse_claim, run_overrides
+from fashion_cnn.study import (
+    Metric,
+    StudyError,
+    compare,
+    evaluate_claim,
+    load_study,
+    parse_claim,
+    run_overrides,
+)
 from fashion_cnn.study.verdicts import Evaluation, mean_ci, welch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -228,3 +236,78 @@ def test_shipped_studies_cover_the_journal() -> None:
         assert s.claims, f"{path.name} states checkable outcomes"
         assert all(c.journal for c in s.claims), f"{path.name}: every claim quotes the journal"
         assert any(v.journal for v in s.variants), f"{path.name} carries the journal's figures"
+
+
+# --------------------------------------------------------------------------------------------
+# Two combined reports side by side (--compare_with)
+
+
+def _combined(budget_images: int, verdicts: dict[str, str]) -> dict:
+    claims = [
+        {"claim": text, "verdict": v, "p": 0.01, "difference": -0.05, "ci": [-0.08, -0.02]}
+        for text, v in verdicts.items()
+    ]
+    return {
+        "kind": compare.KIND,
+        "command": "fashion-cnn study s.yaml",
+        "studies": [
+            {
+                "study": "s",
+                "part": "2",
+                "budget": {"a": {"epochs": 1, "train_images": budget_images}},
+                "claims": claims,
+            }
+        ],
+    }
+
+
+def test_verdict_changes_name_each_changed_claim_and_both_budgets() -> None:
+    short = _combined(6_400, {"a beats b": "inconclusive", "a is best": "supported", "old": "supported"})
+    full = _combined(165_000, {"a beats b": "supported", "a is best": "supported", "new": "inconclusive"})
+    changed, kept, only_full, only_short = compare.verdict_changes(full, short)
+    assert [(a["claim"], a["verdict"], b["verdict"]) for a, b in changed] == [
+        ("a beats b", "supported", "inconclusive")
+    ]
+    assert kept == 1 and only_full == ["s: new"] and only_short == ["s: old"]
+    lines = "\n".join(compare.comparison_lines(full, short, "`short.md`"))
+    assert "This document: 1 epoch, 165,000 training images per run. `short.md`: 1 epoch, 6,400" in lines
+    assert "Of the 2 claims in both, 1 keep their verdict and 1 change:" in lines
+    assert "| 2 | a beats b | inconclusive | 0.0100 | −0.0500 [−0.0800, −0.0200] | **supported** |" in lines
+    assert "Only in this document (1):\n\n- s: new" in lines
+    assert "Only in `short.md` (1):\n\n- s: old" in lines
+
+
+def test_budget_text_spans_epochs_and_images() -> None:
+    studies = [
+        {"budget": {"a": {"epochs": 3, "train_images": 165_000}, "b": {"epochs": 7, "train_images": 385_000}}}
+    ]
+    assert compare.budget_text(studies) == "3–7 epochs, 165,000–385,000 training images per run"
+
+
+def test_a_comparison_is_read_from_the_md_or_its_json_twin(tmp_path: Path) -> None:
+    report = tmp_path / "short.md"
+    report.write_text("# report")
+    compare.write_twin(report, _combined(6_400, {"a beats b": "supported"}))
+    for given in (report, tmp_path / "short.json"):
+        data = compare.load_comparison(given)
+        assert data["studies"][0]["claims"][0]["verdict"] == "supported"
+        assert not list(tmp_path.glob(".*.part"))  # written atomically: no temporary left
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "does not exist"),
+        ("{not json", "is not readable JSON"),
+        ('{"kind": "something else", "studies": []}', "is not a combined report's results"),
+        (f'{{"kind": "{compare.KIND}", "version": 99, "studies": []}}', "upgrade fashion-cnn"),
+    ],
+)
+def test_an_unusable_comparison_is_named_with_the_fix(tmp_path: Path, content, fragment) -> None:
+    report = tmp_path / "short.md"
+    report.write_text("# report")
+    if content is not None:
+        (tmp_path / "short.json").write_text(content)
+    with pytest.raises(StudyError, match=fragment) as info:
+        compare.load_comparison(report)
+    assert str(info.value).startswith(f"--compare_with {report}: ")

@@ -7,6 +7,7 @@ the real Fashion-MNIST files with a tiny budget (a 2-layer net, 3 training batch
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -107,6 +108,29 @@ def test_ray_and_serial_give_identical_runs(work: Path, head: str, capsys: pytes
     assert _per_run(serial / "mlflow.db") == _per_run(parallel / "mlflow.db")
     report = (parallel / "studies" / "ray" / "report.md").read_text()
     assert "four beats two on test/acc" in report
+    for folder, executor in ((serial, "serial"), (parallel, "ray")):  # each run says what trained it
+        tags = [r.data.tags for r in _trials(folder / "mlflow.db")]
+        assert {t["executor"] for t in tags} == {executor}
+        assert {t["machine.torch_threads"] for t in tags} == {"1"}  # --run_cpus 1, inside the worker
+
+
+def test_without_an_address_the_study_starts_its_own_ray(
+    work: Path, head: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not the cluster in RAY_ADDRESS (nor a `ray start` one): a local Ray, stopped afterwards alone."""
+    import ray
+
+    monkeypatch.setenv("RAY_ADDRESS", head)  # a 2-CPU cluster a bare ray.init() would join
+    caplog.set_level(logging.INFO, logger="fashion_cnn.study.ray_executor")
+    argv = ["study", str(work / "ray.yaml"), *TINY, "--seeds", "1", "--executor", "ray", "--workers", "1"]
+    assert main(argv) == 0
+    assert "Ray: 1 node(s), 1 CPUs" in caplog.text  # its own: workers x run_cpus, not the head's 2
+    assert {r.data.tags["executor"] for r in _trials(work / "mlflow.db")} == {"ray"}
+    ray.init(address=head)  # the other cluster is still up
+    try:
+        assert ray.cluster_resources()["CPU"] == 2
+    finally:
+        ray.shutdown()
 
 
 def test_a_killed_worker_is_retried_and_its_run_ends_failed(work: Path, head: str) -> None:

@@ -7,6 +7,8 @@ batches, so each takes seconds.
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +94,9 @@ def test_tiny_study_end_to_end_with_restart(
     assert parent.info.status == "KILLED"
     done_before = {r.info.run_id for r in _children(client, parent.info.run_id)}
     assert len(done_before) == 2
+    assert main([*argv, "--report_only"]) == 0  # a report of what has finished says it is partial
+    assert "**Incomplete: 2 of 4 runs have finished.**" in report_file.read_text()
+    capsys.readouterr()
 
     # Second attempt: only the two missing runs train, under the same parent.
     second = _Counting()
@@ -121,6 +126,7 @@ def test_tiny_study_end_to_end_with_restart(
         ("four", "1"),
     }
     assert all(r.info.status == "FINISHED" and r.data.tags["study"] == "tiny" for r in children)
+    assert all(r.data.tags["executor"] == "serial" and r.data.tags["machine.cpu"] for r in children)
     assert all(r.data.params["filters"] in ("2", "4") and "test/acc" in r.data.metrics for r in children)
     for run in children:  # checkpoints and the evaluation report beside them, under the study's folder
         name = f"tiny-{run.data.tags['variant']}-seed{run.data.tags['seed']}"
@@ -147,7 +153,41 @@ def test_tiny_study_end_to_end_with_restart(
     assert "## Tiny study" in doc and "trainer.max_epochs" in doc and "Training was shortened" in doc
     assert "## Where our data contradicts the journal" in doc and "planted false" in doc
     assert "4 runs: 4 trained" in doc and "0 reused" in doc
+    assert "Where they trained: 4 runs serial on " in doc and "torch threads" in doc
     assert "fashion-cnn study " + str(path) in doc and "--trainer.max_epochs 1" in doc
+
+    twin = json.loads(report_file.with_suffix(".json").read_text())  # the results beside the document
+    (tiny,) = twin["studies"]
+    assert tiny["budget"]["four"] == {"epochs": 1, "train_images": 3 * 32}
+    assert [c["verdict"] for c in tiny["claims"]][1:] == ["supported", "not supported"]
+
+    # The same runs judged on one seed, set against the two-seed document: the planted verdicts need
+    # two seeds, so both become inconclusive, and the new document says so.
+    one_seed = workdir / "docs" / "one_seed.md"
+    compared = [
+        *argv[:-1],
+        str(one_seed),
+        "--seeds",
+        "1",
+        "--report_only",
+        "--compare_with",
+        str(report_file),
+    ]
+    assert main(compared) == 0
+    capsys.readouterr()
+    doc = one_seed.read_text()
+    assert "## Verdicts that change against `reproduced.md`" in doc
+    assert "Incomplete" not in doc and "Incomplete" not in report_file.read_text()
+    assert "rebuilt from the finished runs with `--report_only`" in doc
+    command = doc.split("```")[1]  # the command that trains these runs: no --report_only
+    assert "--seeds 1" in command and "--compare_with" in command and "--report_only" not in command
+    assert "1 epoch, 96 training images per run. `reproduced.md`: 1 epoch, 96 training images" in doc
+    for claim, there in [
+        ("four is between -10 and 10 on test/loss", "supported"),
+        ("four is between 5 and 10 on test/loss", "not supported"),
+    ]:
+        row = rf"\| 1 \| {re.escape(claim)} \| {there} \| [^|]+ \| [^|]+ \| \*\*inconclusive\*\* \|"
+        assert re.search(row, doc), claim
 
     # A crashed child (left KILLED) is run again; nothing else is.
     victim = next(r for r in children if r.data.tags["variant"] == "two" and r.data.tags["seed"] == "0")
@@ -183,7 +223,9 @@ expected: [six beats four on test/acc]
     copies = [r for r in _children(client, other_parent.info.run_id) if "reused_from" in r.data.tags]
     assert sorted(r.data.tags["variant"] for r in copies) == ["also_six", "four"]
     for copy in copies:
-        assert copy.data.metrics == client.get_run(copy.data.tags["reused_from"]).data.metrics
+        source = client.get_run(copy.data.tags["reused_from"])
+        assert copy.data.metrics == source.data.metrics
+        assert copy.data.tags["machine.cpu"] == source.data.tags["machine.cpu"]  # where it was computed
 
 
 def test_a_failing_run_stops_the_study_with_its_message(workdir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -224,6 +266,12 @@ def test_dry_run_plans_without_running(workdir: Path, capsys: pytest.CaptureFixt
         (["studies/dropout", "--workers", "2"], "need --executor ray"),
         (["studies/dropout", "--trainer.logger.init_args.run_id", "x"], "the study creates its own runs"),
         (["--report_only", "studies/dropout"], "--report_only is a switch"),
+        (["studies/dropout", "--compare_with", "short.md"], "give --combined_report too"),
+        (
+            ["studies/dropout", "--combined_report", "a.md", "--compare_with", "short.md"],
+            "short.md does not exist",
+        ),
+        (["studies/dropout", "--combined_report", "journal.json"], "name the Markdown file (.md)"),
     ],
 )
 def test_user_errors_are_one_clear_message(

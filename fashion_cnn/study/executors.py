@@ -21,6 +21,7 @@ OnDone = Callable[[Trial, TrialResult], None]
 class Executor(Protocol):
     """Runs trials and reports back; raises on the first failure it cannot retry."""
 
+    name: str  # recorded on each run it trains (the ``executor`` tag)
     slots: int  # how many trials run at once
     threads: int | None  # torch threads per trial (None: torch's default)
 
@@ -41,6 +42,7 @@ class SerialExecutor:
         run_cpus: torch threads per run (None: torch's default, every core).
     """
 
+    name = "serial"
     slots = 1
 
     def __init__(self, run_cpus: int | None = None) -> None:

@@ -115,6 +115,8 @@ class RayExecutor:
         max_retries: How often a run whose worker or node died is started again.
     """
 
+    name = "ray"
+
     def __init__(
         self,
         address: str | None = None,
@@ -131,7 +133,6 @@ class RayExecutor:
         self.max_retries = max_retries
         self.slots = workers or 1
         self._ray: Any = None
-        self._started_local = False
 
     def prepare(self, tracking_uri: str) -> None:
         """Start or join Ray, then check the cluster can run the trials as configured.
@@ -156,7 +157,9 @@ class RayExecutor:
             workers = self.workers or max(1, local_cpus // self.run_cpus)
             options["num_cpus"] = workers * self.run_cpus
         try:
-            ray.init(address=self.address, **options)
+            # "local": a Ray of our own even where RAY_ADDRESS is set or a `ray start` cluster runs
+            # here (a bare ray.init() would join those); --ray_address auto joins them.
+            ray.init(address=self.address or "local", **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "a local Ray"
             hint = ""
@@ -171,7 +174,6 @@ class RayExecutor:
                 f"--executor ray: cannot start or join {where}: {str(exc).splitlines()[0]}{hint}"
             ) from None
         self._ray = ray
-        self._started_local = self.address is None
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         cpus = [float(n["Resources"].get("CPU", 0)) for n in nodes]
         gpus = [float(n["Resources"].get("GPU", 0)) for n in nodes]

@@ -92,7 +92,7 @@ def write_report(plan: StudyPlan, client: Any) -> Path:
     report = out / "report.md"
     report.write_text(_report_markdown(plan, results, figures))
     data = out / "results.json"
-    data.write_text(json.dumps(_results_json(plan, results), indent=2, default=str))
+    data.write_text(json.dumps(results_json(plan, results), indent=2, default=str))
     if plan.parent_id:
         for path in [report, data, *(out / f for f in figures.values())]:
             client.log_artifact(plan.parent_id, str(path), "report")
@@ -379,7 +379,7 @@ def _interval(values: Sequence[float]) -> tuple[float, float, float, list[float]
     return ci.mean, ci.low, ci.high, list(values)
 
 
-def _results_json(plan: StudyPlan, results: StudyResults) -> dict[str, Any]:
+def results_json(plan: StudyPlan, results: StudyResults) -> dict[str, Any]:
     return {
         "study": plan.study.name,
         "title": plan.study.title,

@@ -20,6 +20,7 @@ from fashion_cnn.errors import ExecutorError, Interrupted, StudyError, UserError
 from fashion_cnn.experiment import ConfigResolver
 from fashion_cnn.study import store
 from fashion_cnn.study.combined import write_combined_report
+from fashion_cnn.study.compare import load_comparison
 from fashion_cnn.study.executors import Executor, SerialExecutor
 from fashion_cnn.study.plan import DEFAULT_EXPERIMENT, StudyPlan, VariantPlan, describe_plan, plan_study
 from fashion_cnn.study.progress import Progress
@@ -53,6 +54,7 @@ def run_studies(
     reuse: bool = True,
     combined_report: str | Path | None = None,
     command: str | None = None,
+    compare_with: str | Path | None = None,
     executor: Executor | None = None,
     progress: Progress | None = None,
     resolver: ConfigResolver | None = None,
@@ -72,6 +74,8 @@ def run_studies(
             has the same resolved config and seed, instead of training again.
         combined_report: Also write one Markdown document over all studies here.
         command: The command line to quote in the combined report.
+        compare_with: Another combined report (its ``.md`` or ``.json``): the combined report gets
+            a table of the claims whose verdict differs between the two. Read before any run starts.
         executor: Where trials run (default: :class:`SerialExecutor`, in this process).
         progress: Receives the events (default: log lines).
         resolver: A config resolver to reuse (building one takes about half a second).
@@ -86,6 +90,14 @@ def run_studies(
 
     progress = progress or Progress()
     executor = executor or SerialExecutor()
+    if combined_report is not None and Path(combined_report).suffix == ".json":
+        raise StudyError(
+            f"--combined_report {combined_report}: name the Markdown file (.md); its results are "
+            "written to the .json beside it"
+        )
+    if compare_with is not None and combined_report is None:
+        raise StudyError("--compare_with adds a section to the combined report: give --combined_report too")
+    comparison = load_comparison(compare_with) if compare_with is not None else None
     studies = [load_study(p) for p in paths]
     names = [s.name for s in studies]
     if len(set(names)) != len(names):
@@ -128,7 +140,9 @@ def run_studies(
         store.find_runs(plan, client)
         progress.note(f"[{plan.study.name}] report written to {write_report(plan, client)}")
     if combined_report is not None:
-        path = write_combined_report(plans, clients, combined_report, command)
+        path = write_combined_report(
+            plans, clients, combined_report, command, comparison, rebuilt=report_only
+        )
         progress.note(f"combined report written to {path}")
     return plans
 
@@ -200,12 +214,12 @@ def _jobs(
                 jobs[key].followers.append((plan, vp, seed))
                 continue
             jobs[key if reuse else (f"{plan.study.name}/{name}", seed)] = _Job(
-                _trial(plan, vp, seed, executor.threads), plan, vp, seed
+                _trial(plan, vp, seed, executor), plan, vp, seed
             )
     return list(jobs.values())
 
 
-def _trial(plan: StudyPlan, vp: VariantPlan, seed: int, threads: int | None) -> Trial:
+def _trial(plan: StudyPlan, vp: VariantPlan, seed: int, executor: Executor) -> Trial:
     """The run's full config: the resolved variant with its seed, name, tags and tracking set."""
     config = {k: v for k, v in vp.resolved.items() if k != "config"}
     run_name = f"{plan.study.name}-{vp.variant.name}"
@@ -216,11 +230,11 @@ def _trial(plan: StudyPlan, vp: VariantPlan, seed: int, threads: int | None) -> 
         **(logger.get("init_args") or {}),
         "experiment_name": plan.experiment,
         "tracking_uri": plan.tracking_uri,
-        "tags": store.trial_tags(plan, vp, seed),
+        "tags": {**store.trial_tags(plan, vp, seed), store.TAG_EXECUTOR: executor.name},
     }
     config["trainer"] = {**config["trainer"], "logger": logger}
     log_file = plan.output / "logs" / f"{run_name}-seed{seed}.log"
-    return Trial((plan.study.name, vp.variant.name, seed), config, str(log_file), threads)
+    return Trial((plan.study.name, vp.variant.name, seed), config, str(log_file), executor.threads)
 
 
 def _finished(job: _Job, result: TrialResult, clients: Mapping[str, Any], progress: Progress) -> None:

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # Tags on the parent ("study") and child ("trial") runs; plain keys keep MLflow filters simple.
 TAG_STUDY, TAG_HASH, TAG_ROLE, TAG_VARIANT, TAG_SEED = "study", "study_hash", "study_role", "variant", "seed"
 TAG_CONFIG, TAG_REUSED = "config_hash", "reused_from"  # per-variant config hash; the run a copy came from
+TAG_EXECUTOR = "executor"  # serial or ray: what trained the run (fit adds the machine.* tags)
 PARENT_TAG = MLFLOW_PARENT_RUN_ID
 
 
@@ -143,7 +144,11 @@ def reusable_run(client: Any, plan: StudyPlan, vp: VariantPlan, seed: int) -> An
 def copy_run(client: Any, source: Any, tags: dict[str, str], run_name: str) -> Any:
     """A child run under this study's parent holding ``source``'s params, metrics and histories."""
     origin = source.data.tags.get(TAG_REUSED, source.info.run_id)
-    copied = {k: v for k, v in source.data.tags.items() if k == BEST_CHECKPOINT_TAG}
+    copied = {  # where the results came from stays true of the copy
+        k: v
+        for k, v in source.data.tags.items()
+        if k in (BEST_CHECKPOINT_TAG, TAG_EXECUTOR) or k.startswith("machine.")
+    }
     run = client.create_run(
         source.info.experiment_id,
         start_time=source.info.start_time,

@@ -422,4 +422,7 @@ def rule_lines() -> list[str]:
         "α/(k−1).",
         "- *A is between L and U*: one-sample t-tests of A's mean against L and U.",
         "- Cohen's d: difference of means over the root mean square of the two standard deviations.",
+        f"- The interval beside each difference is its two-sided {100 * (1 - ALPHA):.0f} % CI. A one-sided "
+        f"test at α = {ALPHA} matches a two-sided {100 * (1 - 2 * ALPHA):.0f} % interval, so a supported "
+        "claim's interval can still reach just past zero (or past its margin).",
     ]

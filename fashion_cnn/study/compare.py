@@ -1,0 +1,151 @@
+"""Two runs of the same studies, side by side: which verdicts change (``--compare_with``).
+
+Every combined report (``--combined_report journal.md``) is written with a machine-readable twin,
+``journal.json``: per study its budget (epochs and training images per run, as run) and every
+claim's verdict, p-value and difference. Giving another report's ``.md`` or ``.json`` as
+``--compare_with`` adds a section to this one: the claims whose verdict differs between the two, so
+a reader sees which conclusions depend on the training budget (or the seeds, or the machine).
+
+Claims are matched by study name and claim text, which name the variants and the metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fashion_cnn.errors import StudyError
+from fashion_cnn.study.verdicts import fmt, fmt_p
+
+KIND = "fashion-cnn combined report"
+VERSION = 1
+
+
+def twin_path(report: str | Path) -> Path:
+    """The ``.json`` written beside a combined report ``.md``."""
+    return Path(report).with_suffix(".json")
+
+
+def load_comparison(path: str | Path) -> dict[str, Any]:
+    """Read the results of another combined report: its ``.json``, or the ``.json`` beside its ``.md``.
+
+    Raises:
+        StudyError: The file is missing, is not JSON, or was not written by a combined report.
+    """
+    given = Path(path)
+    source = given if given.suffix == ".json" else twin_path(given)
+    hint = (
+        "give the .md or .json that `fashion-cnn study --combined_report` wrote (regenerate an "
+        "older report with the same study command and --report_only)"
+    )
+    if not source.is_file():
+        missing = source if source == given or given.is_file() else given
+        raise StudyError(f"--compare_with {path}: {missing} does not exist; {hint}")
+    try:
+        data = json.loads(source.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudyError(f"--compare_with {path}: {source} is not readable JSON ({exc}); {hint}") from None
+    if not isinstance(data, dict) or data.get("kind") != KIND or not isinstance(data.get("studies"), list):
+        raise StudyError(f"--compare_with {path}: {source} is not a combined report's results; {hint}")
+    if data.get("version", 0) > VERSION:
+        raise StudyError(
+            f"--compare_with {path}: {source} was written by a newer fashion-cnn (format "
+            f"{data['version']}, this one reads {VERSION}); upgrade fashion-cnn"
+        )
+    data["source"] = str(source)
+    return data
+
+
+def budget_text(studies: Sequence[Mapping[str, Any]]) -> str:
+    """'1 epoch, 6,400 training images per run' or '3-7 epochs, 165,000-385,000 training images per run'."""
+    epochs = sorted({int(b["epochs"] or 1) for s in studies for b in s["budget"].values()})
+    images = sorted({int(b["train_images"]) for s in studies for b in s["budget"].values()})
+    if not epochs:
+        return "no runs"
+
+    def span(values: list[int]) -> str:
+        return f"{values[0]:,}" if len(values) == 1 else f"{values[0]:,}–{values[-1]:,}"
+
+    unit = "epoch" if epochs == [1] else "epochs"
+    return f"{span(epochs)} {unit}, {span(images)} training images per run"
+
+
+def _claims(data: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    out = {}
+    for study in data["studies"]:
+        for claim in study.get("claims", []):
+            out[(study["study"], claim["claim"])] = {**claim, "part": study.get("part") or study["study"]}
+    return out
+
+
+def verdict_changes(
+    here: Mapping[str, Any], there: Mapping[str, Any]
+) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], int, list[str], list[str]]:
+    """(claims whose verdict differs as (here, there) pairs, how many kept theirs, claims only
+    here, claims only there)."""
+    mine, theirs = _claims(here), _claims(there)
+    changed = [
+        (mine[k], theirs[k]) for k in mine if k in theirs and mine[k]["verdict"] != theirs[k]["verdict"]
+    ]
+    kept = sum(k in theirs and mine[k]["verdict"] == theirs[k]["verdict"] for k in mine)
+    only_here = [f"{s}: {c}" for s, c in mine if (s, c) not in theirs]
+    only_there = [f"{s}: {c}" for s, c in theirs if (s, c) not in mine]
+    return changed, kept, only_here, only_there
+
+
+def comparison_lines(here: Mapping[str, Any], there: Mapping[str, Any], label: str) -> list[str]:
+    """The Markdown section of a combined report that sets its verdicts against another's."""
+    changed, kept, only_here, only_there = verdict_changes(here, there)
+    both = kept + len(changed)
+    lines = [
+        f"## Verdicts that change against {label}",
+        "",
+        f"This document: {budget_text(here['studies'])}. {label}: {budget_text(there['studies'])} "
+        f"(`{there.get('command') or 'command not recorded'}`).",
+        "",
+        f"Of the {both} claims in both, {kept} keep their verdict and {len(changed)} change"
+        + (":" if changed else "."),
+        "",
+    ]
+    if changed:
+        lines += [
+            f"| part | claim | {label} | p | difference (95 % CI) | here | p | difference (95 % CI) |",
+            "|---|---|---|---:|---|---|---:|---|",
+        ]
+        lines += [
+            f"| {a['part']} | {a['claim']} | {b['verdict']} | {fmt_p(_num(b['p']))} | {_diff(b)} | "
+            f"**{a['verdict']}** | {fmt_p(_num(a['p']))} | {_diff(a)} |"
+            for a, b in changed
+        ]
+        lines += [
+            "",
+            "A claim that changes from inconclusive to a verdict was settled by more data or "
+            "training; one that flips between supported and not supported depends on the regime.",
+        ]
+    for title, claims in (("Only in this document", only_here), (f"Only in {label}", only_there)):
+        if claims:
+            lines += ["", f"{title} ({len(claims)}):", "", *[f"- {c}" for c in claims]]
+    return lines
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _diff(claim: Mapping[str, Any]) -> str:
+    low, high = (claim.get("ci") or [math.nan, math.nan])[:2]
+    diff, low, high = (fmt(_num(v), sign=True) for v in (claim.get("difference"), low, high))
+    return "–" if diff == "–" else f"{diff} [{low}, {high}]"
+
+
+def write_twin(report: str | Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as the ``.json`` twin of ``report``, atomically."""
+    from fashion_cnn._io import atomic_write
+
+    path = twin_path(report)
+    with atomic_write(path, "w") as f:
+        json.dump({"kind": KIND, "version": VERSION, **data}, f, indent=2, default=str, allow_nan=True)
+    return path
