@@ -21,7 +21,7 @@ from fashion_cnn.study import (
     parse_claim,
     run_overrides,
 )
-from fashion_cnn.study.verdicts import Evaluation, mean_ci, welch
+from fashion_cnn.study.verdicts import NOT_TESTED, Evaluation, mean_ci, welch
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = sorted((REPO / "fashion_cnn" / "configs" / "studies").glob("*.yaml"))
@@ -244,7 +244,14 @@ def test_shipped_studies_cover_the_journal() -> None:
 
 def _combined(budget_images: int, verdicts: dict[str, str]) -> dict:
     claims = [
-        {"claim": text, "verdict": v, "p": 0.01, "difference": -0.05, "ci": [-0.08, -0.02]}
+        {
+            "claim": text,
+            "verdict": "inconclusive" if v == "untested" else v,
+            "test": NOT_TESTED if v == "untested" else "Welch's t-test, one-sided",
+            "p": 0.01,
+            "difference": -0.05,
+            "ci": [-0.08, -0.02],
+        }
         for text, v in verdicts.items()
     ]
     return {
@@ -262,17 +269,26 @@ def _combined(budget_images: int, verdicts: dict[str, str]) -> dict:
 
 
 def test_verdict_changes_name_each_changed_claim_and_both_budgets() -> None:
-    short = _combined(6_400, {"a beats b": "inconclusive", "a is best": "supported", "old": "supported"})
-    full = _combined(165_000, {"a beats b": "supported", "a is best": "supported", "new": "inconclusive"})
-    changed, kept, only_full, only_short = compare.verdict_changes(full, short)
-    assert [(a["claim"], a["verdict"], b["verdict"]) for a, b in changed] == [
+    short = _combined(
+        6_400,
+        {"a beats b": "inconclusive", "a is best": "supported", "old": "supported", "b beats c": "supported"},
+    )
+    full = _combined(
+        165_000,
+        {"a beats b": "supported", "a is best": "supported", "new": "inconclusive", "b beats c": "untested"},
+    )
+    changes = compare.verdict_changes(full, short)
+    assert [(a["claim"], a["verdict"], b["verdict"]) for a, b in changes.changed] == [
         ("a beats b", "supported", "inconclusive")
     ]
-    assert kept == 1 and only_full == ["s: new"] and only_short == ["s: old"]
+    # A claim one side could not test (too few finished seeds) has not changed its verdict.
+    assert changes.kept == 1 and changes.untested == ["s: b beats c"]
+    assert changes.only_here == ["s: new"] and changes.only_there == ["s: old"]
     lines = "\n".join(compare.comparison_lines(full, short, "`short.md`"))
     assert "This document: 1 epoch, 165,000 training images per run. `short.md`: 1 epoch, 6,400" in lines
-    assert "Of the 2 claims in both, 1 keep their verdict and 1 change:" in lines
+    assert "Of the 2 claims judged in both, 1 keep their verdict and 1 change:" in lines
     assert "| 2 | a beats b | inconclusive | 0.0100 | −0.0500 [−0.0800, −0.0200] | **supported** |" in lines
+    assert "too few finished seeds in one of the two (1):\n\n- s: b beats c" in lines
     assert "Only in this document (1):\n\n- s: new" in lines
     assert "Only in `short.md` (1):\n\n- s: old" in lines
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fashion_cnn.errors import StudyError
-from fashion_cnn.study.verdicts import fmt, fmt_p
+from fashion_cnn.study.verdicts import NOT_TESTED, fmt, fmt_p
 
 KIND = "fashion-cnn combined report"
 VERSION = 1
@@ -81,33 +82,44 @@ def _claims(data: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
-def verdict_changes(
-    here: Mapping[str, Any], there: Mapping[str, Any]
-) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], int, list[str], list[str]]:
-    """(claims whose verdict differs as (here, there) pairs, how many kept theirs, claims only
-    here, claims only there)."""
+@dataclass
+class Changes:
+    """Two reports' claims, matched by study and claim text."""
+
+    changed: list[tuple[dict[str, Any], dict[str, Any]]]  # (here, there) whose verdicts differ
+    kept: int  # claims judged in both with the same verdict
+    untested: list[str]  # in both, but one of them has too few finished seeds to test it
+    only_here: list[str]
+    only_there: list[str]
+
+
+def verdict_changes(here: Mapping[str, Any], there: Mapping[str, Any]) -> Changes:
+    """Which claims keep their verdict between ``here`` and ``there``, and which change."""
     mine, theirs = _claims(here), _claims(there)
-    changed = [
-        (mine[k], theirs[k]) for k in mine if k in theirs and mine[k]["verdict"] != theirs[k]["verdict"]
-    ]
-    kept = sum(k in theirs and mine[k]["verdict"] == theirs[k]["verdict"] for k in mine)
-    only_here = [f"{s}: {c}" for s, c in mine if (s, c) not in theirs]
-    only_there = [f"{s}: {c}" for s, c in theirs if (s, c) not in mine]
-    return changed, kept, only_here, only_there
+    both = [k for k in mine if k in theirs]
+    untested = [k for k in both if NOT_TESTED in (mine[k].get("test"), theirs[k].get("test"))]
+    judged = [k for k in both if k not in untested]
+    return Changes(
+        changed=[(mine[k], theirs[k]) for k in judged if mine[k]["verdict"] != theirs[k]["verdict"]],
+        kept=sum(mine[k]["verdict"] == theirs[k]["verdict"] for k in judged),
+        untested=[f"{s}: {c}" for s, c in untested],
+        only_here=[f"{s}: {c}" for s, c in mine if (s, c) not in theirs],
+        only_there=[f"{s}: {c}" for s, c in theirs if (s, c) not in mine],
+    )
 
 
 def comparison_lines(here: Mapping[str, Any], there: Mapping[str, Any], label: str) -> list[str]:
     """The Markdown section of a combined report that sets its verdicts against another's."""
-    changed, kept, only_here, only_there = verdict_changes(here, there)
-    both = kept + len(changed)
+    changes = verdict_changes(here, there)
+    changed = changes.changed
     lines = [
         f"## Verdicts that change against {label}",
         "",
         f"This document: {budget_text(here['studies'])}. {label}: {budget_text(there['studies'])} "
         f"(`{there.get('command') or 'command not recorded'}`).",
         "",
-        f"Of the {both} claims in both, {kept} keep their verdict and {len(changed)} change"
-        + (":" if changed else "."),
+        f"Of the {changes.kept + len(changed)} claims judged in both, {changes.kept} keep their verdict "
+        f"and {len(changed)} change" + (":" if changed else "."),
         "",
     ]
     if changed:
@@ -122,10 +134,15 @@ def comparison_lines(here: Mapping[str, Any], there: Mapping[str, Any], label: s
         ]
         lines += [
             "",
-            "A claim that changes from inconclusive to a verdict was settled by more data or "
-            "training; one that flips between supported and not supported depends on the regime.",
+            "From inconclusive to a verdict: the longer (or less noisy) runs settled it. Between "
+            "supported and not supported: the conclusion depends on the regime. From a verdict to "
+            "inconclusive: the difference the other runs showed is not there, or not at this many seeds.",
         ]
-    for title, claims in (("Only in this document", only_here), (f"Only in {label}", only_there)):
+    for title, claims in (
+        ("Not compared: too few finished seeds in one of the two", changes.untested),
+        ("Only in this document", changes.only_here),
+        (f"Only in {label}", changes.only_there),
+    ):
         if claims:
             lines += ["", f"{title} ({len(claims)}):", "", *[f"- {c}" for c in claims]]
     return lines

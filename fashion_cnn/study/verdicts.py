@@ -366,11 +366,15 @@ def _decide(p_claim: float, p_against: float, alpha: float) -> Verdict:
     return "inconclusive"
 
 
+# The test of a claim that could not be tested: a variant has fewer than 2 finished seeds.
+NOT_TESTED = "none (fewer than 2 finished seeds)"
+
+
 def _too_few(claim: Claim, n_text: str) -> Evaluation:
     return Evaluation(
         claim,
         "inconclusive",
-        "none (fewer than 2 finished seeds)",
+        NOT_TESTED,
         math.nan,
         math.nan,
         (math.nan, math.nan),
