@@ -17,7 +17,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from fashion_cnn.cli import main
-from fashion_cnn.study import combined, executors, load_study, plan_study
+from fashion_cnn.study import executors, load_study, plan_study
+from fashion_cnn.study.plan import images_per_run
 from fashion_cnn.study.trial import run_trial
 
 REPO = Path(__file__).resolve().parents[1]
@@ -340,14 +341,14 @@ def test_training_budget_is_counted_in_images() -> None:
         },
         "data": {"batch_size": 64, "val_size": 5000},
     }
-    assert combined.images_per_run(resolved) == (2, 2 * 30 * 64, 4 * 256, 10_000)
+    assert images_per_run(resolved) == (2, 2 * 30 * 64, 4 * 256, 10_000)
     full = {"trainer": {"max_epochs": 3}, "data": {"batch_size": 64, "val_size": 5000}}
-    assert combined.images_per_run(full) == (3, 3 * 55_000, 5000, 10_000)
+    assert images_per_run(full) == (3, 3 * 55_000, 5000, 10_000)
     half = {
         "trainer": {"max_epochs": 1, "limit_train_batches": 0.5},
         "data": {"batch_size": 100, "val_size": 0},
     }
-    assert combined.images_per_run(half)[1] == 300 * 100
+    assert images_per_run(half)[1] == 300 * 100
 
 
 def test_study_runs_twice_in_one_process_and_cleans_up(workdir: Path) -> None:
@@ -386,3 +387,46 @@ def test_study_console_script_in_an_empty_folder(tmp_path: Path) -> None:
         "mlruns",
         "studies",
     ]  # store, artifacts, study
+
+
+class _TwoSlots(executors.SerialExecutor):
+    """Runs trials one after another, but reports two slots, as a parallel executor does."""
+
+    name = "two-slots"
+    slots = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    def run(self, trials, on_start, on_done) -> None:
+        self.order += [t.key[1] for t in trials]
+        super().run(trials, on_start, on_done)
+
+
+def test_a_parallel_executor_gets_the_longest_runs_first(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fashion_cnn.study import run_studies
+
+    path = _write(
+        workdir,
+        """
+title: Budgets
+hypothesis: Longer training helps.
+variants:
+  - {name: short, overrides: {trainer.max_epochs: 1}}
+  - {name: long, overrides: {trainer.max_epochs: 2}}
+  - {name: also_short, overrides: {trainer.max_epochs: 1, model.filters: 2}}
+expected: [long beats short on test/acc]
+""",
+        "budgets.yaml",
+    )
+    overrides = [a for a in TINY if "max_epochs" not in a]
+    parallel = _TwoSlots()
+    run_studies([path], overrides=overrides, seeds=[0], executor=parallel)
+    assert parallel.order == ["long", "short", "also_short"]  # longest first, then plan order
+    serial = _Counting()  # one slot: the plan's order, so the first study's report comes first
+    monkeypatch.setattr(executors, "run_trial", serial)
+    run_studies([path], overrides=overrides, seeds=[1])
+    assert [variant for variant, _ in serial.calls] == ["short", "long", "also_short"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 from fashion_cnn._io import atomic_write
 from fashion_cnn.study import compare
-from fashion_cnn.study.plan import StudyPlan, identical_variants
+from fashion_cnn.study.plan import TRAIN_IMAGES, StudyPlan, identical_variants, images_per_run
 from fashion_cnn.study.progress import duration
 from fashion_cnn.study.report import (
     StudyResults,
@@ -228,34 +227,6 @@ def _machines(runs: Iterable[Any]) -> list[str]:
     return [f"{n} run{'' if n == 1 else 's'} {kind}" for kind, n in groups.most_common()]
 
 
-# Fashion-MNIST's training split; the datamodule holds out data.val_size of it for validation.
-_TRAIN_IMAGES = 60_000
-
-
-def images_per_run(resolved: Mapping[str, Any]) -> tuple[Any, int, int, int]:
-    """(epochs, training images seen, validation images per epoch, test images) of one run."""
-    trainer, data = resolved.get("trainer") or {}, resolved.get("data") or {}
-    batch, val = int(data.get("batch_size") or 64), int(data.get("val_size") or 0)
-    eval_batch = int(data.get("eval_batch_size") or max(batch, 256))
-
-    def count(limit: Any, total: int, size: int) -> int:
-        batches = math.ceil(total / size)
-        if limit is None:
-            return total
-        if isinstance(limit, float) and limit <= 1.0:
-            return min(total, int(batches * limit) * size)
-        return min(total, int(limit) * size)
-
-    epochs = trainer.get("max_epochs")
-    per_epoch = count(trainer.get("limit_train_batches"), _TRAIN_IMAGES - val, batch)
-    return (
-        epochs,
-        per_epoch * int(epochs or 1),
-        count(trainer.get("limit_val_batches"), val, eval_batch),
-        count(trainer.get("limit_test_batches"), 10_000, eval_batch),
-    )
-
-
 def _budget_table(plans: Sequence[StudyPlan]) -> list[str]:
     """Per study and budget: epochs and images as the study files configure them and as run."""
     lines = [
@@ -278,7 +249,7 @@ def _budget_table(plans: Sequence[StudyPlan]) -> list[str]:
             )
     lines += [
         "",
-        f"(Images counted from Fashion-MNIST's {_TRAIN_IMAGES:,} training images less data.val_size, "
+        f"(Images counted from Fashion-MNIST's {TRAIN_IMAGES:,} training images less data.val_size, "
         "the 10,000 test images and the batch limits; each limited loader takes its first batches.)",
     ]
     return lines

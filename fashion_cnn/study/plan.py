@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,3 +249,31 @@ def describe_plan(plan: StudyPlan) -> list[str]:
             f"seeds to run: {left or 'none'}"
         )
     return lines
+
+
+# Fashion-MNIST's training split; the datamodule holds out data.val_size of it for validation.
+TRAIN_IMAGES = 60_000
+
+
+def images_per_run(resolved: Mapping[str, Any]) -> tuple[Any, int, int, int]:
+    """(epochs, training images seen, validation images per epoch, test images) of one run."""
+    trainer, data = resolved.get("trainer") or {}, resolved.get("data") or {}
+    batch, val = int(data.get("batch_size") or 64), int(data.get("val_size") or 0)
+    eval_batch = int(data.get("eval_batch_size") or max(batch, 256))
+
+    def count(limit: Any, total: int, size: int) -> int:
+        batches = math.ceil(total / size)
+        if limit is None:
+            return total
+        if isinstance(limit, float) and limit <= 1.0:
+            return min(total, int(batches * limit) * size)
+        return min(total, int(limit) * size)
+
+    epochs = trainer.get("max_epochs")
+    per_epoch = count(trainer.get("limit_train_batches"), TRAIN_IMAGES - val, batch)
+    return (
+        epochs,
+        per_epoch * int(epochs or 1),
+        count(trainer.get("limit_val_batches"), val, eval_batch),
+        count(trainer.get("limit_test_batches"), 10_000, eval_batch),
+    )

@@ -22,7 +22,14 @@ from fashion_cnn.study import store
 from fashion_cnn.study.combined import write_combined_report
 from fashion_cnn.study.compare import load_comparison
 from fashion_cnn.study.executors import Executor, SerialExecutor
-from fashion_cnn.study.plan import DEFAULT_EXPERIMENT, StudyPlan, VariantPlan, describe_plan, plan_study
+from fashion_cnn.study.plan import (
+    DEFAULT_EXPERIMENT,
+    StudyPlan,
+    VariantPlan,
+    describe_plan,
+    images_per_run,
+    plan_study,
+)
 from fashion_cnn.study.progress import Progress
 from fashion_cnn.study.report import write_report
 from fashion_cnn.study.spec import load_study
@@ -216,7 +223,12 @@ def _jobs(
             jobs[key if reuse else (f"{plan.study.name}/{name}", seed)] = _Job(
                 _trial(plan, vp, seed, executor), plan, vp, seed
             )
-    return list(jobs.values())
+    ordered = list(jobs.values())
+    if executor.slots > 1:
+        # Longest budget first (stable within one budget): the last runs then end close together,
+        # instead of the longest one training alone on one slot while the others sit idle.
+        ordered.sort(key=lambda job: -images_per_run(job.vp.resolved)[1])
+    return ordered
 
 
 def _trial(plan: StudyPlan, vp: VariantPlan, seed: int, executor: Executor) -> Trial:
