@@ -327,3 +327,18 @@ def test_an_unusable_comparison_is_named_with_the_fix(tmp_path: Path, content, f
     with pytest.raises(StudyError, match=fragment) as info:
         compare.load_comparison(report)
     assert str(info.value).startswith(f"--compare_with {report}: ")
+
+
+def test_the_time_estimate_scales_unseen_variants_by_their_budget() -> None:
+    from fashion_cnn.study.progress import Estimator
+
+    short, long, other = ("s", "three_epochs"), ("s", "seven_epochs"), ("s", "no_budget")
+    budgets = {short: 3 * 55_000, long: 7 * 55_000}
+    estimate = Estimator(slots=2, budgets=budgets)
+    assert estimate.left([short, long]) is None  # nothing trained yet: no estimate
+    estimate.record(short, 600.0)
+    estimate.record(short, 660.0)
+    # Seen: its own mean (630 s). Unseen: 630 s per 3 epochs, so 1,470 s for 7. Two at once.
+    assert estimate.left([short, long]) == pytest.approx((630.0 + 1470.0) / 2)
+    assert estimate.left([other]) == pytest.approx(630.0 / 2)  # no budget: the mean run
+    assert Estimator(1).left([short]) is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,19 @@ def duration(seconds: float) -> str:
 
 
 class Estimator:
-    """Time left from the runs trained so far: per (study, variant) where one was seen, else the
-    mean of all, divided over the runs that go at once."""
+    """Time left from the runs trained so far: per (study, variant) where one was seen; else the
+    seconds per unit of budget seen so far times the run's budget (or the mean run, without
+    budgets); summed and divided over the runs that go at once.
 
-    def __init__(self, slots: int) -> None:
+    Args:
+        slots: Runs at once.
+        budgets: A cost per (study, variant), e.g. training images per run; a 7-epoch variant not
+            yet seen is then estimated at 7/3 of the 3-epoch runs' time, not at their mean.
+    """
+
+    def __init__(self, slots: int, budgets: Mapping[tuple[str, str], float] | None = None) -> None:
         self.slots = max(1, slots)
+        self.budgets = dict(budgets or {})
         self.durations: dict[tuple[str, str], list[float]] = {}
 
     def record(self, key: tuple[str, str], seconds: float) -> None:
@@ -41,11 +49,17 @@ class Estimator:
         if not overall:
             return None
         mean = sum(overall) / len(overall)
-        per_run = [
-            sum(self.durations[k]) / len(self.durations[k]) if k in self.durations else mean
-            for k in remaining
-        ]
-        return sum(per_run) / self.slots
+        seen = [k for k in self.durations if self.budgets.get(k)]
+        spent = sum(sum(self.durations[k]) for k in seen)
+        rate = spent / sum(self.budgets[k] * len(self.durations[k]) for k in seen) if seen else None
+
+        def one(key: tuple[str, str]) -> float:
+            if key in self.durations:
+                return sum(self.durations[key]) / len(self.durations[key])
+            budget = self.budgets.get(key)
+            return rate * budget if rate is not None and budget else mean
+
+        return sum(one(k) for k in remaining) / self.slots
 
 
 class Progress:
@@ -62,11 +76,17 @@ class Progress:
         """A line of information (the plan, a reused run, a report written)."""
         log.info("%s", line)
 
-    def begin(self, remaining: Sequence[tuple[str, str]], slots: int) -> None:
-        """Training starts: ``remaining`` (study, variant) pairs, ``slots`` runs at once."""
+    def begin(
+        self,
+        remaining: Sequence[tuple[str, str]],
+        slots: int,
+        budgets: Mapping[tuple[str, str], float] | None = None,
+    ) -> None:
+        """Training starts: ``remaining`` (study, variant) pairs, ``slots`` runs at once, and each
+        pair's budget (training images per run) for the time estimate."""
         self.total, self.done, self.running, self.failed = len(remaining), 0, 0, 0
         self._remaining = list(remaining)
-        self.estimator = Estimator(slots)
+        self.estimator = Estimator(slots, budgets)
 
     def started(self, label: str) -> None:
         self.running += 1
@@ -118,10 +138,15 @@ class ConsoleProgress(Progress):
             self.file.write(f"study: {line}\n")
             self.file.flush()
 
-    def begin(self, remaining: Sequence[tuple[str, str]], slots: int) -> None:
+    def begin(
+        self,
+        remaining: Sequence[tuple[str, str]],
+        slots: int,
+        budgets: Mapping[tuple[str, str], float] | None = None,
+    ) -> None:
         from tqdm import tqdm
 
-        super().begin(remaining, slots)
+        super().begin(remaining, slots, budgets)
         self.bar = tqdm(total=self.total, file=self.file, unit="run", dynamic_ncols=True, desc="study")
         self._refresh()
 

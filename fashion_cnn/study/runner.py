@@ -170,7 +170,9 @@ def _train(
                 for plan in active:
                     store.open_parent(plan, clients[plan.tracking_uri])
                 jobs = _jobs(active, clients, progress, reuse, executor)
-                progress.begin([(j.plan.study.name, j.vp.variant.name) for j in jobs], executor.slots)
+                keys = [(j.plan.study.name, j.vp.variant.name) for j in jobs]
+                budgets = {k: images_per_run(j.vp.resolved)[1] for k, j in zip(keys, jobs, strict=True)}
+                progress.begin(keys, executor.slots, budgets)
                 by_key = {j.trial.key: j for j in jobs}
 
                 def on_done(trial: Trial, result: TrialResult) -> None:
