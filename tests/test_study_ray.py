@@ -123,7 +123,9 @@ def test_without_an_address_the_study_starts_its_own_ray(
     monkeypatch.setenv("RAY_ADDRESS", head)  # a 2-CPU cluster a bare ray.init() would join
     caplog.set_level(logging.INFO, logger="fashion_cnn.study.ray_executor")
     argv = ["study", str(work / "ray.yaml"), *TINY, "--seeds", "1", "--executor", "ray", "--workers", "1"]
+    before = signal.getsignal(signal.SIGTERM)
     assert main(argv) == 0
+    assert signal.getsignal(signal.SIGTERM) is before  # ray.init's handler does not outlive the study
     assert "Ray: 1 node(s), 1 CPUs" in caplog.text  # its own: workers x run_cpus, not the head's 2
     assert {r.data.tags["executor"] for r in _trials(work / "mlflow.db")} == {"ray"}
     ray.init(address=head)  # the other cluster is still up

@@ -133,6 +133,7 @@ class RayExecutor:
         self.max_retries = max_retries
         self.slots = workers or 1
         self._ray: Any = None
+        self._sigterm: Any = None  # the process's SIGTERM handler before ray.init replaced it
 
     def prepare(self, tracking_uri: str) -> None:
         """Start or join Ray, then check the cluster can run the trials as configured.
@@ -156,6 +157,8 @@ class RayExecutor:
             local_cpus = os.cpu_count() or 1
             workers = self.workers or max(1, local_cpus // self.run_cpus)
             options["num_cpus"] = workers * self.run_cpus
+        if threading.current_thread() is threading.main_thread():
+            self._sigterm = signal.getsignal(signal.SIGTERM)  # ray.init installs its own, for good
         try:
             # "local": a Ray of our own even where RAY_ADDRESS is set or a `ray start` cluster runs
             # here (a bare ray.init() would join those); --ray_address auto joins them.
@@ -170,6 +173,7 @@ class RayExecutor:
                     "; if the cluster uses Ray's token authentication (the default of `ray start`), "
                     "set RAY_AUTH_MODE=token, with the token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
                 )
+            self.close()
             raise ExecutorError(
                 f"--executor ray: cannot start or join {where}: {str(exc).splitlines()[0]}{hint}"
             ) from None
@@ -263,6 +267,10 @@ class RayExecutor:
                 ray.cancel(ref, force=True)  # kills the worker processes: nothing keeps training
 
     def close(self) -> None:
+        """Leave Ray (stopping the local one) and give the process its SIGTERM handler back."""
         if self._ray is not None and self._ray.is_initialized():
             self._ray.shutdown()
         self._ray = None
+        if self._sigterm is not None:  # ray.shutdown() leaves Ray's handler installed
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
