@@ -17,7 +17,6 @@ from fashion_cnn.study.report import (
     budget_changes,
     claim_sentences,
     claims_table,
-    collect_results,
     fmt_int,
     now,
     rel,
@@ -29,8 +28,7 @@ from fashion_cnn.study.verdicts import fmt_p, rule_lines
 
 
 def write_combined_report(
-    plans: Sequence[StudyPlan],
-    clients: Mapping[str, Any],
+    all_results: Sequence[tuple[StudyPlan, StudyResults]],
     path: str | Path,
     command: str | None = None,
     compare_with: Mapping[str, Any] | None = None,
@@ -40,12 +38,13 @@ def write_combined_report(
     the verdict on each claim. Its results go to the ``.json`` beside it.
 
     Args:
+        all_results: Each study's plan with its results (:func:`~fashion_cnn.study.report.collect_results`).
         compare_with: Another combined report's results (:func:`~fashion_cnn.study.compare.load_comparison`):
             adds a section with the claims whose verdict differs between the two.
         rebuilt: The document is rebuilt from finished runs (``--report_only``); it says so.
     """
     path = Path(path)
-    all_results = [(plan, collect_results(plan, clients[plan.tracking_uri])) for plan in plans]
+    plans = [plan for plan, _ in all_results]
     studies = [_study_json(plan, results) for plan, results in all_results]
     data = {"generated": now(), "command": command, "report": path.name, "studies": studies}
     seeds = sorted({len(p.seeds) for p in plans})
@@ -183,7 +182,7 @@ def _training_time(all_results: Sequence[tuple[StudyPlan, StudyResults]]) -> str
             origin = run.data.tags.get(TAG_REUSED)
             copies += origin is not None
             key = origin or run.info.run_id
-            if key not in where or (origin is None and run.data.tags.get(TAG_EXECUTOR)):
+            if origin is None or key not in where:  # the original where it is here, else a copy
                 where[key] = run
             if run.info.end_time and key not in durations:
                 durations[key] = (run.info.end_time - run.info.start_time) / 1000.0

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fashion_cnn._io import atomic_write
 from fashion_cnn.errors import StudyError
 from fashion_cnn.study.verdicts import NOT_TESTED, fmt, fmt_p
 
@@ -160,8 +161,6 @@ def _diff(claim: Mapping[str, Any]) -> str:
 
 def write_twin(report: str | Path, data: Mapping[str, Any]) -> Path:
     """Write ``data`` as the ``.json`` twin of ``report``, atomically."""
-    from fashion_cnn._io import atomic_write
-
     path = twin_path(report)
     with atomic_write(path, "w") as f:
         json.dump({"kind": KIND, "version": VERSION, **data}, f, indent=2, default=str, allow_nan=True)

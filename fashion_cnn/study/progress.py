@@ -87,6 +87,7 @@ class Progress:
         self.total, self.done, self.running, self.failed = len(remaining), 0, 0, 0
         self._remaining = list(remaining)
         self.estimator = Estimator(slots, budgets)
+        self._open()
 
     def started(self, label: str) -> None:
         self.running += 1
@@ -118,6 +119,9 @@ class Progress:
         eta = self.estimator.left(self._remaining)
         return text + (f", ~{duration(eta)} to go" if eta is not None and left else "")
 
+    def _open(self) -> None:
+        """Training starts: open the display (the base class has none)."""
+
     def _refresh(self) -> None:
         pass
 
@@ -138,15 +142,9 @@ class ConsoleProgress(Progress):
             self.file.write(f"study: {line}\n")
             self.file.flush()
 
-    def begin(
-        self,
-        remaining: Sequence[tuple[str, str]],
-        slots: int,
-        budgets: Mapping[tuple[str, str], float] | None = None,
-    ) -> None:
+    def _open(self) -> None:
         from tqdm import tqdm
 
-        super().begin(remaining, slots, budgets)
         self.bar = tqdm(total=self.total, file=self.file, unit="run", dynamic_ncols=True, desc="study")
         self._refresh()
 

@@ -82,10 +82,9 @@ def collect_results(plan: StudyPlan, client: Any) -> StudyResults:
     )
 
 
-def write_report(plan: StudyPlan, client: Any) -> Path:
-    """Write ``report.md``, the figures and ``results.json`` to the plan's output folder, and log
-    them as artifacts of the parent run. Returns the report's path."""
-    results = collect_results(plan, client)
+def write_report(plan: StudyPlan, client: Any, results: StudyResults) -> Path:
+    """Write ``report.md``, the figures and ``results.json`` from ``results`` (:func:`collect_results`)
+    to the plan's output folder, and log them as artifacts of the parent run. Returns the report's path."""
     out = plan.output
     out.mkdir(parents=True, exist_ok=True)
     figures = _figures(plan, results, out)

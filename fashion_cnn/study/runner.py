@@ -31,7 +31,7 @@ from fashion_cnn.study.plan import (
     plan_study,
 )
 from fashion_cnn.study.progress import Progress
-from fashion_cnn.study.report import write_report
+from fashion_cnn.study.report import collect_results, write_report
 from fashion_cnn.study.spec import load_study
 from fashion_cnn.study.trial import Trial, TrialFailed, TrialResult
 from fashion_cnn.tracking import prepare_store, sqlite_file
@@ -48,6 +48,11 @@ class _Job:
     vp: VariantPlan
     seed: int
     followers: list[tuple[StudyPlan, VariantPlan, int]] = field(default_factory=list)
+
+    @property
+    def budget(self) -> int:
+        """Training images the run sees: what its time scales with."""
+        return images_per_run(self.vp.resolved)[1]
 
 
 def run_studies(
@@ -139,17 +144,19 @@ def run_studies(
         return plans
     if not report_only and todo:
         _train(plans, clients, executor, progress, reuse)
+    all_results = []  # read back once, for the study's own report and the combined one
     for plan in plans:
+        client = clients[plan.tracking_uri]
+        if plan.parent_id is not None:
+            store.find_runs(plan, client)
+        all_results.append((plan, collect_results(plan, client)))
         if plan.parent_id is None:
             progress.note(f"[{plan.study.name}] no runs yet; nothing to report")
             continue
-        client = clients[plan.tracking_uri]
-        store.find_runs(plan, client)
-        progress.note(f"[{plan.study.name}] report written to {write_report(plan, client)}")
+        report = write_report(plan, client, all_results[-1][1])
+        progress.note(f"[{plan.study.name}] report written to {report}")
     if combined_report is not None:
-        path = write_combined_report(
-            plans, clients, combined_report, command, comparison, rebuilt=report_only
-        )
+        path = write_combined_report(all_results, combined_report, command, comparison, rebuilt=report_only)
         progress.note(f"combined report written to {path}")
     return plans
 
@@ -170,9 +177,8 @@ def _train(
                 for plan in active:
                     store.open_parent(plan, clients[plan.tracking_uri])
                 jobs = _jobs(active, clients, progress, reuse, executor)
-                keys = [(j.plan.study.name, j.vp.variant.name) for j in jobs]
-                budgets = {k: images_per_run(j.vp.resolved)[1] for k, j in zip(keys, jobs, strict=True)}
-                progress.begin(keys, executor.slots, budgets)
+                budgets = {(j.plan.study.name, j.vp.variant.name): j.budget for j in jobs}
+                progress.begin(list(budgets), executor.slots, budgets)
                 by_key = {j.trial.key: j for j in jobs}
 
                 def on_done(trial: Trial, result: TrialResult) -> None:
@@ -229,7 +235,7 @@ def _jobs(
     if executor.slots > 1:
         # Longest budget first (stable within one budget): the last runs then end close together,
         # instead of the longest one training alone on one slot while the others sit idle.
-        ordered.sort(key=lambda job: -images_per_run(job.vp.resolved)[1])
+        ordered.sort(key=lambda job: -job.budget)
     return ordered
 
 
