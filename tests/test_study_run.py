@@ -87,6 +87,8 @@ def test_tiny_study_end_to_end_with_restart(
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "rerun the same command" in err and "Traceback" not in err
+    # The display counts runs, not variants: 4 to train, 2 variants.
+    assert "1 done, 0 running, 0 failed, 3 left" in err and "2 done, 0 running, 0 failed, 2 left" in err
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("fashion-cnn-studies")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens the runs

@@ -177,8 +177,8 @@ def _train(
                 for plan in active:
                     store.open_parent(plan, clients[plan.tracking_uri])
                 jobs = _jobs(active, clients, progress, reuse, executor)
-                budgets = {(j.plan.study.name, j.vp.variant.name): j.budget for j in jobs}
-                progress.begin(list(budgets), executor.slots, budgets)
+                keys = [(j.plan.study.name, j.vp.variant.name) for j in jobs]  # one per run to train
+                progress.begin(keys, executor.slots, {k: j.budget for k, j in zip(keys, jobs, strict=True)})
                 by_key = {j.trial.key: j for j in jobs}
 
                 def on_done(trial: Trial, result: TrialResult) -> None:
