@@ -72,3 +72,43 @@ def test_the_rules_can_fail(tmp_path: Path) -> None:
     bad.write_text("def f(trainer):\n    return trainer._checkpoint_connector\n")
     with pytest.raises(AssertionError, match="_checkpoint_connector"):
         test_no_private_attribute_of_another_object_is_used(bad)
+
+
+def _defaults(function) -> dict[str, object]:
+    import inspect
+
+    params = inspect.signature(function).parameters
+    return {k: p.default for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def _same_defaults(copy, source, skip: tuple[str, ...] = ()) -> list[str]:
+    """The parameters of ``source`` that ``copy`` lacks or gives another default."""
+    mine, theirs = _defaults(copy), _defaults(source)
+    return [
+        f"{k}: {mine.get(k, 'missing')!r} != {v!r}"
+        for k, v in theirs.items()
+        if k not in skip and mine.get(k, v) != v
+    ] + [f"{k}: missing" for k in theirs if k not in skip and k not in mine]
+
+
+def test_repeated_signatures_keep_their_defaults() -> None:
+    """Two signatures are repeated on purpose, because LightningCLI and jsonargparse build options
+    from flat typed signatures: the LightningModule's network arguments (FashionCNNNet's) and the
+    ``sweep`` command's options (build_spec's). Their defaults must not drift apart."""
+    from fashion_cnn.network import FashionCNNNet
+    from fashion_cnn.sweep.command import sweep
+    from fashion_cnn.sweep.spec import build_spec
+    from fashion_cnn.system import FashionCNN
+
+    assert _same_defaults(FashionCNN.__init__, FashionCNNNet.__init__) == []
+    # build_spec's enqueue is a tuple (the command's None means none); settings and resolver are
+    # built by the command from its --model/--data/... groups.
+    assert _same_defaults(sweep, build_spec, skip=("enqueue", "settings", "resolver")) == []
+
+
+def test_the_signature_check_can_fail() -> None:
+    def source(a: int = 1, b: str = "x") -> None: ...
+
+    def drifted(a: int = 2) -> None: ...
+
+    assert _same_defaults(drifted, source) == ["a: 2 != 1", "b: missing"]
