@@ -391,24 +391,25 @@ def test_study_console_script_in_an_empty_folder(tmp_path: Path) -> None:
     ]  # store, artifacts, study
 
 
-class _TwoSlots(executors.SerialExecutor):
-    """Runs trials one after another, but reports two slots, as a parallel executor does."""
+class _Stop(Exception):
+    """Raised by _Order once it has seen the trials: the order is the test, not the training."""
 
-    name = "two-slots"
-    slots = 2
 
-    def __init__(self) -> None:
+class _Order(executors.SerialExecutor):
+    """Records the order the runner hands trials over in, with ``slots`` slots, and trains none."""
+
+    name = "order"
+
+    def __init__(self, slots: int) -> None:
         super().__init__()
-        self.order: list[str] = []
+        self.slots, self.order = slots, []
 
     def run(self, trials, on_start, on_done) -> None:
         self.order += [t.key[1] for t in trials]
-        super().run(trials, on_start, on_done)
+        raise _Stop
 
 
-def test_a_parallel_executor_gets_the_longest_runs_first(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_parallel_executor_gets_the_longest_runs_first(workdir: Path) -> None:
     from fashion_cnn.study import run_studies
 
     path = _write(
@@ -425,10 +426,9 @@ expected: [long beats short on test/acc]
         "budgets.yaml",
     )
     overrides = [a for a in TINY if "max_epochs" not in a]
-    parallel = _TwoSlots()
-    run_studies([path], overrides=overrides, seeds=[0], executor=parallel)
+    parallel, serial = _Order(slots=2), _Order(slots=1)
+    for executor in (parallel, serial):
+        with pytest.raises(_Stop):
+            run_studies([path], overrides=overrides, seeds=[0], executor=executor)
     assert parallel.order == ["long", "short", "also_short"]  # longest first, then plan order
-    serial = _Counting()  # one slot: the plan's order, so the first study's report comes first
-    monkeypatch.setattr(executors, "run_trial", serial)
-    run_studies([path], overrides=overrides, seeds=[1])
-    assert [variant for variant, _ in serial.calls] == ["short", "long", "also_short"]
+    assert serial.order == ["short", "long", "also_short"]  # one slot: the plan's order
