@@ -49,3 +49,18 @@ class Slow(L.Callback):
         import time
 
         time.sleep(self.seconds)
+
+
+class InterruptOnce(L.Callback):
+    """Ctrl+C (KeyboardInterrupt) at training ``step``, the first time only (``marker`` remembers
+    it): the same command, run again, trains through."""
+
+    def __init__(self, marker: str, step: int = 2) -> None:
+        self.marker = marker
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not os.path.exists(self.marker):
+            with open(self.marker, "w") as f:
+                f.write(str(os.getpid()))
+            raise KeyboardInterrupt

@@ -8,6 +8,7 @@ batches, so each takes seconds.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -432,3 +433,72 @@ expected: [long beats short on test/acc]
             run_studies([path], overrides=overrides, seeds=[0], executor=executor)
     assert parallel.order == ["long", "short", "also_short"]  # longest first, then plan order
     assert serial.order == ["short", "long", "also_short"]  # one slot: the plan's order
+
+
+def test_an_interrupted_run_continues_from_its_last_epoch(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Ctrl+C in a run's second epoch; the same command again continues that run from the end of
+    its first epoch, in the same MLflow run, and ends with the metrics of an uninterrupted run."""
+    from fashion_cnn.study import store
+
+    path = _write(
+        workdir,
+        """
+title: Resume
+hypothesis: Two epochs train.
+seeds: 1
+variants:
+  - {name: two_epochs, overrides: {trainer.max_epochs: 2}}
+expected: [two_epochs is between 0 and 1 on test/acc]
+""",
+        "resume.yaml",
+    )
+    overrides = [a for a in TINY if "max_epochs" not in a]
+
+    def study(folder: Path, marker: Path) -> tuple[int, str]:
+        fault = (
+            f'[{{"class_path": "_faults.InterruptOnce", "init_args": {{"marker": "{marker}", "step": 4}}}}]'
+        )
+        os.chdir(folder)  # its own store (./mlflow.db) and output (./studies/resume)
+        code = main(["study", str(path), *overrides, "--trainer.callbacks", fault])
+        return code, capsys.readouterr().err
+
+    def trials(folder: Path) -> list:
+        client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("fashion-cnn-studies")
+        return client.search_runs([exp.experiment_id], "tags.study_role = 'trial'")
+
+    resumed, straight = workdir / "resumed", workdir / "straight"
+    resumed.mkdir()
+    straight.mkdir()
+    (straight / "done").touch()  # its marker is there already: never interrupted
+    assert study(straight, straight / "done")[0] == 0
+
+    code, err = study(resumed, resumed / "interrupted")
+    assert code == 130 and "rerun the same command" in err
+    (killed,) = trials(resumed)
+    assert killed.info.status == "KILLED"
+    runs = resumed / "studies" / "resume" / "runs"
+    checkpoints = runs / "resume-two_epochs-seed0" / killed.info.run_id / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()  # the end of epoch 1 of 2
+
+    code, err = study(resumed, resumed / "interrupted")
+    assert code == 0, err
+    assert f"continues run {killed.info.run_id} from its last full epoch" in err
+    (run,) = trials(resumed)  # the same run went on; no second one
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    (reference,) = trials(straight)
+    for key in ("test/acc", "test/loss", "val/loss", "val/acc"):
+        assert run.data.metrics[key] == reference.data.metrics[key], key
+    history = MlflowClient(f"sqlite:///{resumed / 'mlflow.db'}").get_metric_history(
+        run.info.run_id, "val/acc"
+    )
+    expected = MlflowClient(f"sqlite:///{straight / 'mlflow.db'}").get_metric_history(
+        reference.info.run_id, "val/acc"
+    )
+    assert [(m.step, m.value) for m in history] == [(m.step, m.value) for m in expected]  # 2 epochs
+    assert len(history) == 2
+    # Its run time leaves out the pause between the two commands.
+    assert store.TAG_RESUMED_AT in run.data.tags and float(run.data.tags[store.TAG_KEPT]) > 0
+    assert store.run_seconds(run) < (run.info.end_time - run.info.start_time) / 1000.0

@@ -23,7 +23,7 @@ from fashion_cnn.study.report import (
     results_json,
     results_table,
 )
-from fashion_cnn.study.store import TAG_EXECUTOR, TAG_REUSED
+from fashion_cnn.study.store import TAG_EXECUTOR, TAG_REUSED, run_seconds
 from fashion_cnn.study.verdicts import fmt_p, rule_lines
 
 
@@ -184,8 +184,9 @@ def _training_time(all_results: Sequence[tuple[StudyPlan, StudyResults]]) -> str
             key = origin or run.info.run_id
             if origin is None or key not in where:  # the original where it is here, else a copy
                 where[key] = run
-            if run.info.end_time and key not in durations:
-                durations[key] = (run.info.end_time - run.info.start_time) / 1000.0
+            seconds = run_seconds(run)
+            if seconds is not None and key not in durations:
+                durations[key] = seconds
                 spans.append((run.info.start_time, run.info.end_time))
     total = sum(len(r.runs) for _, r in all_results)
     text = (

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fashion_cnn import figures
+from fashion_cnn.study import store
 from fashion_cnn.study.claims import Claim
 from fashion_cnn.study.plan import StudyPlan, hashable, identical_variants, override_args
 from fashion_cnn.study.progress import duration
@@ -61,16 +62,18 @@ def collect_results(plan: StudyPlan, client: Any) -> StudyResults:
                 if m.name in run.data.metrics:
                     samples[m.name][name].append(float(run.data.metrics[m.name]))
             for c in study.curves:
+                # One value per step, the latest: a resumed run may have logged its last epoch twice.
                 history = sorted(
                     client.get_metric_history(run.info.run_id, c), key=lambda h: (h.step, h.timestamp)
                 )
                 if history:
-                    curves[c][name].append([h.value for h in history])
+                    curves[c][name].append(list({h.step: h.value for h in history}.values()))
             logged = run.data.params.get("num_params")
             if logged and logged.isdigit():
                 params[name] = int(logged)
-            if run.info.end_time and run.info.start_time:
-                wall[name].append((run.info.end_time - run.info.start_time) / 1000.0)
+            seconds = store.run_seconds(run)
+            if seconds is not None:
+                wall[name].append(seconds)
     evaluations = [evaluate_claim(c, samples[c.metric], study.metric(c.metric)) for c in study.claims]
     return StudyResults(
         samples,
@@ -170,7 +173,8 @@ def _report_markdown(plan: StudyPlan, results: StudyResults, figures: Mapping[st
     ]
     for name, seed, run in results.runs:
         values = " | ".join(fmt(run.data.metrics.get(m.name, math.nan)) for m in study.metrics)
-        took = duration((run.info.end_time - run.info.start_time) / 1000.0) if run.info.end_time else "–"
+        seconds = store.run_seconds(run)
+        took = duration(seconds) if seconds is not None else "–"
         lines.append(f"| {name} | {seed} | `{run.info.run_id}` | {values} | {took} |")
     return "\n".join(lines) + "\n"
 

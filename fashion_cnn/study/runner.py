@@ -228,8 +228,14 @@ def _jobs(
             if reuse and key in jobs:
                 jobs[key].followers.append((plan, vp, seed))
                 continue
+            resume = store.resume_point(client, plan, vp, seed)
+            if resume is not None:
+                progress.note(
+                    f"[{plan.study.name}] {name} seed {seed}: continues run {resume.run_id} from its last "
+                    f"full epoch ({resume.checkpoint})"
+                )
             jobs[key if reuse else (f"{plan.study.name}/{name}", seed)] = _Job(
-                _trial(plan, vp, seed, executor), plan, vp, seed
+                _trial(plan, vp, seed, executor, resume), plan, vp, seed
             )
     ordered = list(jobs.values())
     if executor.slots > 1:
@@ -239,12 +245,17 @@ def _jobs(
     return ordered
 
 
-def _trial(plan: StudyPlan, vp: VariantPlan, seed: int, executor: Executor) -> Trial:
-    """The run's full config: the resolved variant with its seed, name, tags and tracking set."""
+def _trial(
+    plan: StudyPlan, vp: VariantPlan, seed: int, executor: Executor, resume: store.Resume | None = None
+) -> Trial:
+    """The run's full config: the resolved variant with its seed, name, tags and tracking set, and
+    the checkpoint to go on from when an earlier attempt left one."""
     config = {k: v for k, v in vp.resolved.items() if k != "config"}
     run_name = f"{plan.study.name}-{vp.variant.name}"
     config["seed_everything"] = seed
     config["run_name"] = run_name
+    if resume is not None:
+        config["ckpt_path"] = resume.checkpoint  # fit continues the checkpoint's own MLflow run
     logger = dict(config["trainer"]["logger"])
     logger["init_args"] = {
         **(logger.get("init_args") or {}),
@@ -254,7 +265,8 @@ def _trial(plan: StudyPlan, vp: VariantPlan, seed: int, executor: Executor) -> T
     }
     config["trainer"] = {**config["trainer"], "logger": logger}
     log_file = plan.output / "logs" / f"{run_name}-seed{seed}.log"
-    return Trial((plan.study.name, vp.variant.name, seed), config, str(log_file), executor.threads)
+    resumes = None if resume is None else (resume.run_id, resume.kept_s)
+    return Trial((plan.study.name, vp.variant.name, seed), config, str(log_file), executor.threads, resumes)
 
 
 def _finished(job: _Job, result: TrialResult, clients: Mapping[str, Any], progress: Progress) -> None:

@@ -9,6 +9,8 @@ run itself (through its :class:`~fashion_cnn.tracking.MLflowLogger`), wherever i
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric as MlflowMetric
@@ -24,7 +26,19 @@ log = logging.getLogger(__name__)
 TAG_STUDY, TAG_HASH, TAG_ROLE, TAG_VARIANT, TAG_SEED = "study", "study_hash", "study_role", "variant", "seed"
 TAG_CONFIG, TAG_REUSED = "config_hash", "reused_from"  # per-variant config hash; the run a copy came from
 TAG_EXECUTOR = "executor"  # serial or ray: what trained the run (fit adds the machine.* tags)
+# A run continued from its checkpoint: the seconds it had trained before, and when it went on.
+TAG_KEPT, TAG_RESUMED_AT = "resume.kept_s", "resume.at_ms"
 PARENT_TAG = MLFLOW_PARENT_RUN_ID
+
+
+@dataclass(frozen=True)
+class Resume:
+    """An unfinished attempt of a trial to continue: its run, its last full-epoch checkpoint and
+    the seconds of training that checkpoint holds."""
+
+    run_id: str
+    checkpoint: str
+    kept_s: float
 
 
 def trial_tags(plan: StudyPlan, vp: VariantPlan, seed: int) -> dict[str, str]:
@@ -126,6 +140,42 @@ def end_running_children(
     return ended
 
 
+def resume_point(client: Any, plan: StudyPlan, vp: VariantPlan, seed: int) -> Resume | None:
+    """The newest unfinished attempt of (variant, seed) under this parent, with this config, that
+    left a ``last.ckpt`` (the end of a full epoch) in its run folder; None if there is none.
+
+    Training goes on from that epoch, in the same MLflow run. Fit's seeding makes the result the
+    same as an uninterrupted run's; only the time lost since that epoch is trained again.
+    """
+    folder = Path(vp.resolved.get("output_dir") or "runs") / f"{plan.study.name}-{vp.variant.name}-seed{seed}"
+    attempts = [
+        r
+        for r in children(client, plan)
+        if r.info.status != "FINISHED"
+        and r.data.tags.get(TAG_VARIANT) == vp.variant.name
+        and r.data.tags.get(TAG_SEED) == str(seed)
+        and r.data.tags.get(TAG_CONFIG) == vp.config_hash
+    ]
+    for run in sorted(attempts, key=lambda r: r.info.start_time, reverse=True):
+        checkpoint = folder / run.info.run_id / "checkpoints" / "last.ckpt"
+        if checkpoint.is_file():
+            tags = run.data.tags
+            since = int(tags.get(TAG_RESUMED_AT, run.info.start_time)) / 1000.0
+            kept = float(tags.get(TAG_KEPT, 0.0)) + max(0.0, checkpoint.stat().st_mtime - since)
+            return Resume(run.info.run_id, str(checkpoint), kept)
+    return None
+
+
+def run_seconds(run: Any) -> float | None:
+    """Seconds a finished run trained: start to end, less the pauses before it was resumed."""
+    info, tags = run.info, run.data.tags
+    if not (info.end_time and info.start_time):
+        return None
+    if TAG_RESUMED_AT in tags:
+        return float(tags[TAG_KEPT]) + (info.end_time - int(tags[TAG_RESUMED_AT])) / 1000.0
+    return (info.end_time - info.start_time) / 1000.0
+
+
 def reusable_run(client: Any, plan: StudyPlan, vp: VariantPlan, seed: int) -> Any | None:
     """A finished trial of any study in this experiment with the same resolved config and seed."""
     experiment = client.get_experiment_by_name(plan.experiment)
@@ -147,7 +197,7 @@ def copy_run(client: Any, source: Any, tags: dict[str, str], run_name: str) -> A
     copied = {  # where the results came from stays true of the copy
         k: v
         for k, v in source.data.tags.items()
-        if k in (BEST_CHECKPOINT_TAG, TAG_EXECUTOR) or k.startswith("machine.")
+        if k in (BEST_CHECKPOINT_TAG, TAG_EXECUTOR, TAG_KEPT, TAG_RESUMED_AT) or k.startswith("machine.")
     }
     run = client.create_run(
         source.info.experiment_id,

@@ -22,6 +22,8 @@ import yaml
 
 from fashion_cnn.errors import Interrupted, UserError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -32,12 +34,15 @@ class Trial:
         config: The full ``fit`` config (resolved by the planner, with seed, names and tags set).
         log_file: Where the run's console output goes; its config is written beside it (``.yaml``).
         threads: torch's intra-op threads for the run (None: torch's default, all cores).
+        resumes: The unfinished run this trial continues from its checkpoint (``config``'s
+            ``ckpt_path``), and the seconds that run had trained; None for a fresh run.
     """
 
     key: tuple[str, str, int]
     config: dict[str, Any]
     log_file: str
     threads: int | None = None
+    resumes: tuple[str, float] | None = None
 
     @property
     def label(self) -> str:
@@ -74,7 +79,13 @@ def run_trial(trial: Trial) -> TrialResult:
     log_file = Path(trial.log_file)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     config_file = log_file.with_suffix(".yaml")
-    config_file.write_text(yaml.safe_dump(trial.config, sort_keys=False), encoding="utf-8")
+    config = trial.config
+    if trial.resumes is not None and Path(config["ckpt_path"]).is_file():
+        _mark_resumed(trial)
+    elif trial.resumes is not None:  # another node of a cluster, whose disk does not have it
+        log.warning("%s: %s is not on this machine; trains from the start", trial.label, config["ckpt_path"])
+        config = {k: v for k, v in config.items() if k != "ckpt_path"}
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     with open(log_file, "a", encoding="utf-8") as out, console_to(out), torch_threads(trial.threads):
         try:
             cli = run_cli(["fit", "--config", str(config_file)])
@@ -92,6 +103,20 @@ def run_trial(trial: Trial) -> TrialResult:
     run_id = str(logger.run_id)
     metrics = dict(logger.experiment.get_run(run_id).data.metrics)
     return TrialResult(trial.key, run_id, metrics, time.perf_counter() - start, os.getpid())
+
+
+def _mark_resumed(trial: Trial) -> None:
+    """Tag the run it continues with the time it had trained and when it goes on (here, when the
+    run really starts, not when it was queued), so its run time leaves out the pause."""
+    from mlflow.tracking import MlflowClient
+
+    from fashion_cnn.study.store import TAG_KEPT, TAG_RESUMED_AT
+
+    assert trial.resumes is not None
+    run_id, kept = trial.resumes
+    client = MlflowClient(trial.config["trainer"]["logger"]["init_args"]["tracking_uri"])
+    client.set_tag(run_id, TAG_KEPT, f"{kept:.1f}")
+    client.set_tag(run_id, TAG_RESUMED_AT, str(int(time.time() * 1000)))
 
 
 @contextlib.contextmanager
