@@ -22,11 +22,9 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-class KillOnce(L.Callback):
-    """SIGKILLs its own process at training ``step``, the first time only (``marker`` remembers it).
-
-    A real SIGKILL: no handler, no cleanup, as when the OOM killer or a preempted node ends a worker.
-    """
+class _Once(L.Callback):
+    """Calls :meth:`strike` at training ``step``, the first time only: ``marker`` remembers it, so
+    the same command run again trains through."""
 
     def __init__(self, marker: str, step: int = 2) -> None:
         self.marker = marker
@@ -36,7 +34,25 @@ class KillOnce(L.Callback):
         if trainer.global_step == self.step and not os.path.exists(self.marker):
             with open(self.marker, "w") as f:
                 f.write(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.strike()
+
+    def strike(self) -> None:
+        raise NotImplementedError
+
+
+class KillOnce(_Once):
+    """SIGKILLs its own process, once. A real SIGKILL: no handler, no cleanup, as when the OOM
+    killer or a preempted node ends a worker."""
+
+    def strike(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class InterruptOnce(_Once):
+    """Ctrl+C (KeyboardInterrupt), once."""
+
+    def strike(self) -> None:
+        raise KeyboardInterrupt
 
 
 class Slow(L.Callback):
@@ -49,18 +65,3 @@ class Slow(L.Callback):
         import time
 
         time.sleep(self.seconds)
-
-
-class InterruptOnce(L.Callback):
-    """Ctrl+C (KeyboardInterrupt) at training ``step``, the first time only (``marker`` remembers
-    it): the same command, run again, trains through."""
-
-    def __init__(self, marker: str, step: int = 2) -> None:
-        self.marker = marker
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step and not os.path.exists(self.marker):
-            with open(self.marker, "w") as f:
-                f.write(str(os.getpid()))
-            raise KeyboardInterrupt
