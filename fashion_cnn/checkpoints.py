@@ -64,6 +64,27 @@ class RunCheckpoint(ModelCheckpoint):
             self.dirpath = str(run_directory(trainer, self.root) / "checkpoints")
         super().setup(trainer, pl_module, stage)
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def _save_last_every_epoch(self, trainer: L.Trainer) -> None:
+        """``last.ckpt`` at the end of every epoch, as resuming needs.
+
+        Lightning (2.6) writes it only in a step where it also wrote a top-k checkpoint, so after an
+        epoch whose monitored metric did not improve, ``last.ckpt`` still held an older epoch, and a
+        resume trained that epoch again (and a finished run's ``last.ckpt`` was not its last).
+        """
+        at_epoch_end = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if self.save_last is True and at_epoch_end and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:

@@ -325,6 +325,20 @@ def test_interrupted_fit_is_killed_with_a_checkpoint_and_resumes(
             assert resumed.metrics[key] == straight.metrics[key], key
 
 
+def test_last_checkpoint_is_the_last_epoch_even_when_it_was_not_the_best(workdir: Path) -> None:
+    """With lr 1e-30 and no BatchNorm statistics nothing changes, so val/acc never improves after
+    epoch 1 and Lightning writes no new top-k checkpoint; last.ckpt must still be the end of epoch
+    3 (what a resume starts from). Lightning 2.6 alone leaves epoch 1 there."""
+    done = run_experiment(
+        REPO / "fashion_cnn" / "configs" / "debug.yaml",
+        [*TINY, "--trainer.max_epochs=3", "--model.lr=1e-30", "--model.norm=none"],
+    )
+    checkpoints = workdir / "runs" / "debug-seed0" / done.run_id / "checkpoints"
+    best = [p.name for p in checkpoints.glob("best-*.ckpt")]
+    assert best == ["best-epoch00.ckpt"]  # no improvement after the first epoch
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
 def test_non_finite_loss_stops_with_the_epoch_and_step(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(
         [
