@@ -271,18 +271,24 @@ class FashionCLI(LightningCLI):
         logger = mlflow_logger(self.trainer)
         if logger is not None and logger.resumes:
             logger.reopen()
+        if logger is not None:
+            logger.hold_success = self._tests_after_fit()
 
     def after_fit(self) -> None:
-        sub = self.config[self.subcommand]
+        logger = mlflow_logger(self.trainer)
+        if logger is not None:
+            logger.hold_success = False  # the test's end marks the run FINISHED
         if self.trainer.interrupted:
             return
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or ""
-        if sub.test_after_fit and self.trainer.limit_test_batches != 0:
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
-        logger = mlflow_logger(self.trainer)
         if best and logger is not None and self.trainer.is_global_zero:
             logger.experiment.log_artifact(logger.run_id, best, "checkpoints")
             logger.experiment.set_tag(logger.run_id, BEST_CHECKPOINT_TAG, str(Path(best).resolve()))
+        if self._tests_after_fit():
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+
+    def _tests_after_fit(self) -> bool:
+        return bool(self.config[self.subcommand].test_after_fit) and self.trainer.limit_test_batches != 0
 
     def _predictions_path(self) -> Path:
         sub = self.config[self.subcommand]

@@ -175,6 +175,8 @@ class MLflowLogger(MLFlowLogger):
         self._resumes = run_id is not None
         self._started = False
         self.interrupted = False  # set by RunCheckpoint when the fit is interrupted
+        # Set by the CLI while a test follows the fit: the run is FINISHED only once it is tested.
+        self.hold_success = False
         if _rank() == 0:
             prepare_store(uri, experiment_name, artifact_location)
         super().__init__(
@@ -255,6 +257,10 @@ class MLflowLogger(MLFlowLogger):
         # for it, so a user can tell a killed run from a crashed one.
         if status == "failed" and self.interrupted:
             status = "KILLED"
+        if status == "success" and self.hold_success:
+            # Lightning finalizes after fit and again after test. A run marked FINISHED before its
+            # test, then killed in the test, would read as complete with no test metrics.
+            return
         super().finalize(status)
 
     def reopen(self) -> None:

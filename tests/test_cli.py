@@ -339,6 +339,41 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_was_not_the_best(workdir
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
 
 
+def test_a_run_killed_in_its_test_is_not_finished(workdir: Path) -> None:
+    """SIGKILL as the test after the fit starts: the run must not read FINISHED (Lightning ends it
+    after the fit, before the test), and `--ckpt_path last` then tests it and finishes it."""
+    command = [
+        sys.executable,
+        "-m",
+        "fashion_cnn.cli",
+        "fit",
+        "--config",
+        str(REPO / "fashion_cnn" / "configs" / "debug.yaml"),
+        *TINY,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    killed = subprocess.run(
+        [*command, "--trainer.callbacks+=_faults.KillAtTest"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    (run,) = _runs(workdir)
+    assert run.info.status == "RUNNING" and "test/acc" not in run.data.metrics  # not complete, not FINISHED
+    done = subprocess.run(
+        [*command, "--ckpt_path", "last"], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = _runs(workdir)
+    assert run.info.status == "FINISHED" and "test/acc" in run.data.metrics
+
+
 def test_non_finite_loss_stops_with_the_epoch_and_step(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(
         [
