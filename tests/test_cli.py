@@ -26,6 +26,15 @@ from fashion_cnn.system import FashionCNN
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "fashion_cnn" / "configs").glob("*.yaml"))
+# `fashion-cnn fit --config configs/debug.yaml` in a fresh interpreter, as the subprocess tests run it.
+DEBUG_FIT = [
+    sys.executable,
+    "-m",
+    "fashion_cnn.cli",
+    "fit",
+    "--config",
+    str(REPO / "fashion_cnn" / "configs" / "debug.yaml"),
+]
 
 
 def _client(work: Path) -> MlflowClient:
@@ -342,15 +351,7 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_was_not_the_best(workdir
 def test_a_run_killed_in_its_test_is_not_finished(workdir: Path) -> None:
     """SIGKILL as the test after the fit starts: the run must not read FINISHED (Lightning ends it
     after the fit, before the test), and `--ckpt_path last` then tests it and finishes it."""
-    command = [
-        sys.executable,
-        "-m",
-        "fashion_cnn.cli",
-        "fit",
-        "--config",
-        str(REPO / "fashion_cnn" / "configs" / "debug.yaml"),
-        *TINY,
-    ]
+    command = [*DEBUG_FIT, *TINY]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
@@ -433,14 +434,7 @@ def test_concurrent_fits_in_one_folder(tmp_path: Path) -> None:
         check=True,
         timeout=300,
     )
-    command = [
-        sys.executable,
-        "-m",
-        "fashion_cnn.cli",
-        "fit",
-        "--config",
-        str(REPO / "fashion_cnn" / "configs" / "debug.yaml"),
-    ]
+    command = DEBUG_FIT
     procs = [
         subprocess.Popen(
             command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
