@@ -212,6 +212,7 @@ def _jobs(
     jobs: dict[tuple[str, int], _Job] = {}
     for plan in plans:
         client = clients[plan.tracking_uri]
+        attempts = store.children(client, plan)  # once per study: where unfinished runs can resume
         for vp, seed in plan.todo:
             name = vp.variant.name
             source = store.reusable_run(client, plan, vp, seed) if reuse else None
@@ -228,7 +229,7 @@ def _jobs(
             if reuse and key in jobs:
                 jobs[key].followers.append((plan, vp, seed))
                 continue
-            resume = store.resume_point(client, plan, vp, seed)
+            resume = store.resume_point(attempts, plan, vp, seed)
             if resume is not None:
                 progress.note(
                     f"[{plan.study.name}] {name} seed {seed}: continues run {resume.run_id} from its last "

@@ -140,9 +140,10 @@ def end_running_children(
     return ended
 
 
-def resume_point(client: Any, plan: StudyPlan, vp: VariantPlan, seed: int) -> Resume | None:
-    """The newest unfinished attempt of (variant, seed) under this parent, with this config, that
-    left a ``last.ckpt`` (the end of a full epoch) in its run folder; None if there is none.
+def resume_point(runs: list[Any], plan: StudyPlan, vp: VariantPlan, seed: int) -> Resume | None:
+    """The newest unfinished attempt of (variant, seed) among ``runs`` (the parent's children, see
+    :func:`children`), with this config, that left a ``last.ckpt`` (the end of a full epoch) in its
+    run folder; None if there is none.
 
     Training goes on from that epoch, in the same MLflow run. Fit's seeding makes the result the
     same as an uninterrupted run's; only the time lost since that epoch is trained again.
@@ -150,7 +151,7 @@ def resume_point(client: Any, plan: StudyPlan, vp: VariantPlan, seed: int) -> Re
     folder = Path(vp.resolved.get("output_dir") or "runs") / f"{plan.study.name}-{vp.variant.name}-seed{seed}"
     attempts = [
         r
-        for r in children(client, plan)
+        for r in runs
         if r.info.status != "FINISHED"
         and r.data.tags.get(TAG_VARIANT) == vp.variant.name
         and r.data.tags.get(TAG_SEED) == str(seed)
