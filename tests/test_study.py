@@ -335,10 +335,35 @@ def test_the_time_estimate_scales_unseen_variants_by_their_budget() -> None:
     short, long, other = ("s", "three_epochs"), ("s", "seven_epochs"), ("s", "no_budget")
     budgets = {short: 3 * 55_000, long: 7 * 55_000}
     estimate = Estimator(slots=2, budgets=budgets)
-    assert estimate.left([short, long]) is None  # nothing trained yet: no estimate
+    assert estimate.left([(short, 0.0), (long, 0.0)]) is None  # nothing trained yet: no estimate
     estimate.record(short, 600.0)
     estimate.record(short, 660.0)
     # Seen: its own mean (630 s). Unseen: 630 s per 3 epochs, so 1,470 s for 7. Two at once.
-    assert estimate.left([short, long]) == pytest.approx((630.0 + 1470.0) / 2)
-    assert estimate.left([other]) == pytest.approx(630.0 / 2)  # no budget: the mean run
-    assert Estimator(1).left([short]) is None
+    assert estimate.left([(short, 0.0), (long, 0.0)]) == pytest.approx((630.0 + 1470.0) / 2)
+    assert estimate.left([(other, 0.0)]) == pytest.approx(630.0 / 2)  # no budget: the mean run
+    # A run that continues from its checkpoint has only the rest to train; never less than nothing.
+    assert estimate.left([(long, 1000.0), (short, 900.0)]) == pytest.approx((470.0 + 0.0) / 2)
+    assert Estimator(1).left([(short, 0.0)]) is None
+
+
+def test_a_continued_run_counts_with_its_earlier_part() -> None:
+    """A run that went on from its checkpoint took its earlier part too: the estimate for the
+    other seeds must not learn from the last part alone, nor count the continued run in full."""
+    from fashion_cnn.study.progress import Progress
+
+    lines: list[str] = []
+
+    class Recorded(Progress):
+        def note(self, line: str) -> None:
+            lines.append(line)
+
+    key = ("ultimate", "ultimate")
+    progress = Recorded()
+    progress.begin([key, key, key], slots=1, budgets={key: 7 * 55_000}, kept=[0.0, 6000.0, 0.0])
+    progress.finished(key, "[ultimate] ultimate seed 1", 1200.0, "test/acc 0.9295", kept=6000.0)
+    assert "done in 20 min 00 s (2 h 00 min with its earlier part)" in lines[-1]
+    assert progress.estimator.durations[key] == [7200.0]
+    assert progress.status() == "1 done, 0 running, 0 failed, 2 left, ~4 h 00 min to go"
+    progress.finished(key, "[ultimate] ultimate seed 0", 7200.0, "test/acc 0.9262")
+    assert "done in 2 h 00 min " in lines[-1] and "earlier part" not in lines[-1]
+    assert progress.status().endswith("1 left, ~2 h 00 min to go")

@@ -28,7 +28,8 @@ def duration(seconds: float) -> str:
 class Estimator:
     """Time left from the runs trained so far: per (study, variant) where one was seen; else the
     seconds per unit of budget seen so far times the run's budget (or the mean run, without
-    budgets); summed and divided over the runs that go at once.
+    budgets); less what a continued run trained before it was stopped; summed and divided over
+    the runs that go at once.
 
     Args:
         slots: Runs at once.
@@ -42,9 +43,13 @@ class Estimator:
         self.durations: dict[tuple[str, str], list[float]] = {}
 
     def record(self, key: tuple[str, str], seconds: float) -> None:
+        """A run of ``key`` took ``seconds`` in all (a continued run: with its earlier part)."""
         self.durations.setdefault(key, []).append(seconds)
 
-    def left(self, remaining: Iterable[tuple[str, str]]) -> float | None:
+    def left(self, remaining: Iterable[tuple[tuple[str, str], float]]) -> float | None:
+        """Seconds left for ``remaining``: (study, variant) and the seconds that run already trained
+        (0 for a fresh run, more for one that continues from its checkpoint). None before any run
+        has finished."""
         overall = [s for v in self.durations.values() for s in v]
         if not overall:
             return None
@@ -59,7 +64,7 @@ class Estimator:
             budget = self.budgets.get(key)
             return rate * budget if rate is not None and budget else mean
 
-        return sum(one(k) for k in remaining) / self.slots
+        return sum(max(0.0, one(key) - kept) for key, kept in remaining) / self.slots
 
 
 class Progress:
@@ -68,7 +73,7 @@ class Progress:
     def __init__(self) -> None:
         self.total = self.done = self.running = self.failed = 0
         self.estimator = Estimator(1)
-        self._remaining: list[tuple[str, str]] = []
+        self._remaining: list[tuple[tuple[str, str], float]] = []
 
     # ---- events, in the order they come
 
@@ -81,11 +86,13 @@ class Progress:
         remaining: Sequence[tuple[str, str]],
         slots: int,
         budgets: Mapping[tuple[str, str], float] | None = None,
+        kept: Sequence[float] | None = None,
     ) -> None:
-        """Training starts: ``remaining`` (study, variant) pairs, ``slots`` runs at once, and each
-        pair's budget (training images per run) for the time estimate."""
+        """Training starts: ``remaining`` (study, variant) pairs, one per run, ``slots`` runs at
+        once, each pair's budget (training images per run) and, per run, the seconds it already
+        trained before it was stopped (``kept``; 0 for a fresh run), for the time estimate."""
         self.total, self.done, self.running, self.failed = len(remaining), 0, 0, 0
-        self._remaining = list(remaining)
+        self._remaining = list(zip(remaining, kept or [0.0] * len(remaining), strict=True))
         self.estimator = Estimator(slots, budgets)
         self._open()
 
@@ -93,13 +100,19 @@ class Progress:
         self.running += 1
         self._refresh()
 
-    def finished(self, key: tuple[str, str], label: str, seconds: float, metrics: str) -> None:
+    def finished(
+        self, key: tuple[str, str], label: str, seconds: float, metrics: str, kept: float = 0.0
+    ) -> None:
+        """A run of ``key`` finished after ``seconds``, and ``kept`` seconds it trained before it
+        was stopped and continued."""
         self.running = max(0, self.running - 1)
         self.done += 1
-        self.estimator.record(key, seconds)
-        if key in self._remaining:
-            self._remaining.remove(key)
-        self.note(f"{label} done in {duration(seconds)}  {metrics} | {self.status()}")
+        self.estimator.record(key, seconds + kept)
+        entries = [e for e in self._remaining if e[0] == key]
+        if entries:
+            self._remaining.remove(min(entries, key=lambda e: abs(e[1] - kept)))
+        took = duration(seconds) + (f" ({duration(seconds + kept)} with its earlier part)" if kept else "")
+        self.note(f"{label} done in {took}  {metrics} | {self.status()}")
         self._refresh()
 
     def attempt_failed(self, label: str, message: str) -> None:
@@ -148,8 +161,10 @@ class ConsoleProgress(Progress):
         self.bar = tqdm(total=self.total, file=self.file, unit="run", dynamic_ncols=True, desc="study")
         self._refresh()
 
-    def finished(self, key: tuple[str, str], label: str, seconds: float, metrics: str) -> None:
-        super().finished(key, label, seconds, metrics)
+    def finished(
+        self, key: tuple[str, str], label: str, seconds: float, metrics: str, kept: float = 0.0
+    ) -> None:
+        super().finished(key, label, seconds, metrics, kept)
         if self.bar is not None:
             self.bar.update(1)
 

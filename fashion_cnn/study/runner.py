@@ -54,6 +54,11 @@ class _Job:
         """Training images the run sees: what its time scales with."""
         return images_per_run(self.vp.resolved)[1]
 
+    @property
+    def kept_s(self) -> float:
+        """Seconds an earlier attempt trained that this trial continues (0 for a fresh run)."""
+        return self.trial.resumes[1] if self.trial.resumes else 0.0
+
 
 def run_studies(
     paths: Sequence[str | Path],
@@ -178,7 +183,8 @@ def _train(
                     store.open_parent(plan, clients[plan.tracking_uri])
                 jobs = _jobs(active, clients, progress, reuse, executor)
                 keys = [(j.plan.study.name, j.vp.variant.name) for j in jobs]  # one per run to train
-                progress.begin(keys, executor.slots, {k: j.budget for k, j in zip(keys, jobs, strict=True)})
+                budgets = {k: j.budget for k, j in zip(keys, jobs, strict=True)}
+                progress.begin(keys, executor.slots, budgets, [j.kept_s for j in jobs])
                 by_key = {j.trial.key: j for j in jobs}
 
                 def on_done(trial: Trial, result: TrialResult) -> None:
@@ -283,7 +289,7 @@ def _finished(job: _Job, result: TrialResult, clients: Mapping[str, Any], progre
     metrics = "  ".join(
         f"{m.name} {run.data.metrics[m.name]:.4f}" for m in plan.study.metrics if m.name in run.data.metrics
     )
-    progress.finished((plan.study.name, vp.variant.name), job.trial.label, result.wall_s, metrics)
+    progress.finished((plan.study.name, vp.variant.name), job.trial.label, result.wall_s, metrics, job.kept_s)
 
 
 def _fill(plan: StudyPlan, vp: VariantPlan, seed: int, source: Any, client: Any) -> None:
