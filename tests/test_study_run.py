@@ -156,7 +156,7 @@ def test_tiny_study_end_to_end_with_restart(
     assert "## Tiny study" in doc and "trainer.max_epochs" in doc and "Training was shortened" in doc
     assert "## Where our data contradicts the journal" in doc and "planted false" in doc
     assert "4 runs: 4 trained" in doc and "0 reused" in doc
-    assert "Where they trained: 4 runs serial on " in doc and "torch threads" in doc
+    assert "Where they trained: 4 runs on the serial executor, " in doc and "torch threads" in doc
     assert "fashion-cnn study " + str(path) in doc and "--trainer.max_epochs 1" in doc
 
     twin = json.loads(report_file.with_suffix(".json").read_text())  # the results beside the document

@@ -211,7 +211,8 @@ def _stamp(ms: int) -> str:
 
 
 def _machines(runs: Iterable[Any]) -> list[str]:
-    """'14 runs serial on AMD EPYC 7B13 (2 cores, 2 torch threads, no GPU, 32-true)', per kind."""
+    """'14 runs on the serial executor, AMD EPYC 7B13 (2 cores, 2 torch threads, no GPU, ...)', per
+    kind."""
     groups: Counter[str] = Counter()
     for run in runs:
         tags, params = run.data.tags, run.data.params
@@ -219,10 +220,13 @@ def _machines(runs: Iterable[Any]) -> list[str]:
             groups["not recorded (trained before the runs recorded their machine)"] += 1
             continue
         gpu = tags.get("machine.gpu", "none")
+        executor = tags.get(TAG_EXECUTOR)
+        threads = tags.get("machine.torch_threads")
         groups[
-            f"{tags.get(TAG_EXECUTOR, 'fit')} on {tags['machine.cpu']} ({tags.get('machine.cores')} cores, "
-            f"{tags.get('machine.torch_threads')} torch threads, {'no GPU' if gpu == 'none' else gpu}, "
-            f"precision {params.get('trainer.precision', '?')}, torch {tags.get('machine.torch')})"
+            f"on {f'the {executor} executor, ' if executor else ''}{tags['machine.cpu']} "
+            f"({tags.get('machine.cores')} cores, {threads} torch thread{'' if threads == '1' else 's'}, "
+            f"{'no GPU' if gpu == 'none' else gpu}, precision {params.get('trainer.precision', '?')}, "
+            f"torch {tags.get('machine.torch')})"
         ] += 1
     return [f"{n} run{'' if n == 1 else 's'} {kind}" for kind, n in groups.most_common()]
 
