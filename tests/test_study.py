@@ -130,6 +130,18 @@ def test_sentences_say_only_what_the_numbers_say() -> None:
     assert "n = 4 seeds each" in ev.sentence and "95 % CI" in ev.sentence
 
 
+def test_means_equal_to_four_decimals_are_not_called_lower() -> None:
+    """The journal's Part 4 margin claim: combined 0.2299 against dropout_0.1 0.2299."""
+    same = {"good": [0.22990, 0.21, 0.25], "bad": [0.22991, 0.21, 0.25]}
+    ev = _verdict("good beats bad on test/loss by at least 0.2", samples=same)
+    assert ev.verdict == "not supported"
+    assert "(0.2300) is the same (to four decimals) as bad's (0.2300)" in ev.sentence
+    assert "lower than" not in ev.sentence
+    far = {"good": [0.20, 0.2001, 0.2002], "bad": [0.30, 0.3001, 0.3002]}
+    ev = _verdict("good beats bad on test/loss by at least 0.5", samples=far)
+    assert "smaller than the claimed 0.5000 (one-sided p < 0.0001)" in ev.sentence, ev.sentence
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [

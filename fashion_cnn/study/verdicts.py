@@ -238,7 +238,10 @@ def evaluate_claim(
     better = "higher" if s > 0 else "lower"
     worse = "lower" if s > 0 else "higher"
     where_b = b_label if one_sample else f"{b_label}'s ({fmt(mean_b)})"
-    relation = f"{better} than" if s * diff.diff > 0 else f"{worse} than" if diff.diff else "the same as"
+    if fmt(diff.diff, sign=True) in ("+0.0000", "−0.0000"):  # not "lower than" an equal-looking mean
+        relation = "the same (to four decimals) as"
+    else:
+        relation = f"{better} than" if s * diff.diff > 0 else f"{worse} than"
     numbers = (
         f"{claim.a}'s mean {name} ({fmt(diff.mean_a)}) is {relation} "
         f"{where_b}: difference {fmt(diff.diff, sign=True)}, 95 % CI "
@@ -250,8 +253,8 @@ def evaluate_claim(
     elif verdict == "not supported":
         if d and s * diff.diff > 0:
             tail = (
-                f"the margin is significantly smaller than the claimed {fmt(d)} (one-sided p = "
-                f"{fmt_p(p_opp)}), so the claim fails."
+                f"the margin is significantly smaller than the claimed {fmt(d)} (one-sided "
+                f"{peq(p_opp)}), so the claim fails."
             )
         else:
             tail = f"the opposite direction is significant (one-sided {peq(p_opp)}), so the claim fails."
