@@ -221,9 +221,10 @@ def _machines(runs: Iterable[Any]) -> list[str]:
             continue
         gpu = tags.get("machine.gpu", "none")
         executor = tags.get(TAG_EXECUTOR)
+        trained_by = f"the {executor} executor, " if executor else ""
         threads = tags.get("machine.torch_threads")
         groups[
-            f"on {f'the {executor} executor, ' if executor else ''}{tags['machine.cpu']} "
+            f"on {trained_by}{tags['machine.cpu']} "
             f"({tags.get('machine.cores')} cores, {threads} torch thread{'' if threads == '1' else 's'}, "
             f"{'no GPU' if gpu == 'none' else gpu}, precision {params.get('trainer.precision', '?')}, "
             f"torch {tags.get('machine.torch')})"

@@ -108,9 +108,8 @@ class Progress:
         self.running = max(0, self.running - 1)
         self.done += 1
         self.estimator.record(key, seconds + kept)
-        entries = [e for e in self._remaining if e[0] == key]
-        if entries:
-            self._remaining.remove(min(entries, key=lambda e: abs(e[1] - kept)))
+        if (key, kept) in self._remaining:  # the runner passes the same kept seconds as to begin()
+            self._remaining.remove((key, kept))
         took = duration(seconds) + (f" ({duration(seconds + kept)} with its earlier part)" if kept else "")
         self.note(f"{label} done in {took}  {metrics} | {self.status()}")
         self._refresh()
