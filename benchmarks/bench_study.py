@@ -39,8 +39,8 @@ from pathlib import Path
 from _fit_runs import machine
 from mlflow.tracking import MlflowClient
 
-from fashion_cnn.study import make_executor, run_studies
-from fashion_cnn.study.progress import Progress
+from fashion_cnn.runs import ExecutorOptions, Progress
+from fashion_cnn.study import run_studies
 
 LABEL = re.compile(r"\[(?P<study>[^\]]+)\] (?P<variant>\S+) seed (?P<seed>\d+)")
 
@@ -151,7 +151,7 @@ def main() -> None:
         args.study,
         seeds,
         overrides,
-        make_executor("serial", run_cpus=args.serial_threads),
+        ExecutorOptions("serial", run_cpus=args.serial_threads).build(),
     )
     ray = run_mode(
         Mode(
@@ -162,9 +162,9 @@ def main() -> None:
         args.study,
         seeds,
         overrides,
-        make_executor(
+        ExecutorOptions(
             "ray", workers=args.workers, run_cpus=args.run_cpus, run_gpus=args.run_gpus, max_retries=0
-        ),
+        ).build(),
     )
     runs = len(serial.driver)
     print(f"{runs} runs per mode")

@@ -12,18 +12,18 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 from jsonargparse import ActionYesNo, capture_parser
 from jsonargparse import ArgumentParser as JsonArgumentParser
 
 from fashion_cnn.configs import ConfigFileAction
 from fashion_cnn.errors import Interrupted, UserError
-from fashion_cnn.experiment import TRAINER_SUBCOMMANDS, ArgumentParser, FashionCLI, run_cli, run_experiment
+from fashion_cnn.experiment import TRAINER_SUBCOMMANDS, ArgumentParser, FashionCLI, run_cli
+from fashion_cnn.runs.launch import run_experiment
 
 __all__ = ["main", "run_experiment"]
 
@@ -32,115 +32,6 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
 # The subcommands beside LightningCLI's: typed functions whose signatures become the options
-
-
-def study(
-    studies: list[str],
-    seeds: int | list[int] | None = None,
-    output_dir: str | None = None,
-    experiment: str = "fashion-cnn-studies",
-    combined_report: str | None = None,
-    compare_with: str | None = None,
-    dry_run: bool = False,
-    report_only: bool = False,
-    reuse: bool = True,
-    executor: Literal["serial", "ray"] = "serial",
-    workers: int | None = None,
-    run_cpus: int | None = None,
-    run_gpus: float = 0.0,
-    ray_address: str | None = None,
-    max_retries: int = 2,
-    model: dict[str, Any] | None = None,
-    data: dict[str, Any] | None = None,
-    trainer: dict[str, Any] | None = None,
-    checkpoint: dict[str, Any] | None = None,
-) -> int:
-    """Run every variant x seed of one or more studies and judge their claims.
-
-    Each variant and seed is an MLflow child run of the study's parent run; finished runs are
-    skipped on a rerun and identical runs reused. A report (report.md, figures, results.json) is
-    written per study.
-
-    Args:
-        studies: Study files (paths, or packaged names: studies/dropout); docs/studies.md.
-        seeds: Seed count (5: seeds 0-4) or list ([0,1,7]); default: each study's own.
-        output_dir: Report folder (default studies/<name>; with several studies, OUTPUT_DIR/<name>).
-            Each run's checkpoints and log go under it.
-        experiment: MLflow experiment of the parent and child runs.
-        combined_report: Also write one Markdown document over all the studies to this file (and
-            its results to the .json beside it).
-        compare_with: Another combined report (.md or .json) to set this one's verdicts against:
-            adds a table of the claims whose verdict differs (e.g. a short and a full budget).
-        dry_run: Show the plan; run nothing.
-        report_only: Write the reports from the runs already finished; run nothing.
-        reuse: Copy a finished run with the same resolved config and seed instead of training.
-        executor: serial (one run after another in this process) or ray (runs in parallel).
-        workers: Runs at once on Ray (local Ray default: every core / run_cpus).
-        run_cpus: CPUs (and torch threads) per run (serial default: all; ray default: 1).
-        run_gpus: GPUs per run on Ray; 0.25 puts four runs on each GPU.
-        ray_address: An existing Ray cluster (auto, host:port); default: start a local Ray.
-        max_retries: How often Ray restarts a run whose worker or node died.
-        model: Model settings for every run, e.g. --model.dropout 0.3.
-        data: Data settings for every run, e.g. --data.batch_size 128.
-        trainer: Trainer settings for every run, e.g. --trainer.max_epochs 1.
-        checkpoint: Checkpoint settings for every run, e.g. --checkpoint.save_last false.
-    """
-    from fashion_cnn.errors import ConfigError, StudyError
-    from fashion_cnn.experiment import ConfigResolver
-    from fashion_cnn.study import ConsoleProgress, make_executor, override_args, run_overrides, run_studies
-    from fashion_cnn.study.spec import parse_seeds
-
-    groups = {"model": model, "data": data, "trainer": trainer, "checkpoint": checkpoint}
-    overrides = override_args(run_overrides(groups))
-    chosen = parse_seeds(seeds, "--seeds") if seeds is not None else None
-    runner = make_executor(executor, workers, run_cpus, run_gpus, ray_address, max_retries)
-    resolver = ConfigResolver()
-    try:  # the per-run settings are checked now, by the CLI's own parser, not when a run starts
-        resolver.resolve(None, overrides)
-    except ConfigError as exc:
-        raise StudyError(f"per-run settings {' '.join(overrides)}: {exc}") from None
-    run_studies(
-        studies,
-        overrides=overrides,
-        seeds=chosen,
-        output=output_dir,
-        experiment=experiment,
-        dry_run=dry_run,
-        report_only=report_only,
-        reuse=reuse,
-        combined_report=combined_report,
-        compare_with=compare_with,
-        command=_study_command(studies, locals()),
-        executor=runner,
-        progress=ConsoleProgress(sys.stderr),
-        resolver=resolver,
-    )
-    return 0
-
-
-def _study_command(studies: list[str], given: dict[str, Any]) -> str:
-    """The study command line that trains these runs, canonical: files, then every option that is
-    not its default (``--report_only`` and ``--dry_run`` left out: they train nothing)."""
-    import inspect
-
-    words = ["fashion-cnn", "study", *studies]
-    for name, param in inspect.signature(study).parameters.items():
-        value = given.get(name)
-        if name in ("studies", "report_only", "dry_run") or value == param.default:
-            continue
-        if isinstance(value, dict):
-            words += [w for key, v in value.items() for w in (f"--{name}.{key}", _word(v))]
-        else:
-            words += [f"--{name}", _word(value)]
-    return shlex.join(words)
-
-
-def _word(value: Any) -> str:
-    import json
-
-    from fashion_cnn.study.plan import plain
-
-    return value if isinstance(value, str) else json.dumps(plain(value))
 
 
 def export(ckpt_path: str, output_file: str = "model.onnx", opset: int = 18) -> int:
@@ -192,17 +83,39 @@ class Tool:
 
 
 def _tools() -> dict[str, Tool]:
-    tools = {
+    from fashion_cnn.study.command import study
+    from fashion_cnn.sweep.command import sweep
+
+    return {
         "study": Tool(study, "Run hypothesis studies: variants x seeds, with verdicts.", ("studies",)),
         "export": Tool(export, "Export a checkpoint to ONNX."),
         "configs": Tool(configs, "List or copy the packaged configs."),
+        "sweep": Tool(sweep, "Search hyperparameters with Optuna (pruning, resumable, on any executor)."),
     }
-    try:
-        from fashion_cnn.sweep.command import sweep
-    except ImportError:  # pragma: no cover - the sweep package is part of the distribution
-        return tools
-    tools["sweep"] = Tool(sweep, "Search hyperparameters with Optuna (pruning, resumable, many workers).")
-    return tools
+
+
+def _option_groups(function: Callable[..., Any]) -> dict[str, type]:
+    """The parameters of ``function`` that are dataclasses of options: their fields become the
+    command's own top-level options (``--executor``, not ``--run.executor``)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(function)
+    return {
+        name: hint
+        for name, hint in hints.items()
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint)
+    }
+
+
+def _call(tool: Tool, options: dict[str, Any]) -> int:
+    """Call ``tool`` with the parsed ``options``, its option groups gathered into their dataclasses."""
+    import dataclasses
+
+    for name, group in _option_groups(tool.function).items():
+        fields = {f.name for f in dataclasses.fields(group)}
+        options[name] = group(**{k: options.pop(k) for k in list(options) if k in fields})
+    return tool.function(**options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,7 +179,12 @@ def _tool_parser(name: str, tool: Tool) -> JsonArgumentParser:
             default=param.default,
             help=_arg_help(tool.function, param.name),
         )
-    parser.add_function_arguments(tool.function, skip={*tool.positional, *(p.name for p in switches)})
+    groups = _option_groups(tool.function)
+    for group in groups.values():
+        parser.add_class_arguments(group, nested_key=None, as_group=False)
+    parser.add_function_arguments(
+        tool.function, skip={*tool.positional, *(p.name for p in switches), *groups}
+    )
     return parser
 
 
@@ -300,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in TRAINER_SUBCOMMANDS:
             tool = _tools()[name]
             options = {k: v for k, v in config[name].items() if k not in ("config", "__path__")}
-            return tool.function(**options)
+            return _call(tool, options)
         run_cli(args, parser_class=ConsoleParser)
         return 0
     except SystemExit as exc:

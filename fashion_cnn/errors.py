@@ -46,8 +46,20 @@ class StudyError(ConfigError):
     """A study file, or a study's command line, that cannot work; the message says how to fix it."""
 
 
+class SweepError(ConfigError):
+    """A sweep file, or a sweep's command line or storage, that cannot work; says how to fix it."""
+
+
 class ExecutorError(UserError):
-    """A study executor that cannot start or reach its cluster (Ray), or a run the cluster lost."""
+    """An executor that cannot start or reach its cluster (Ray), or a run the cluster lost."""
+
+
+class RunFailed(UserError):
+    """One of many runs (a study's) stopped for a reason the user can fix; names the run and its log."""
+
+
+class Pruned(Exception):  # noqa: N818 - it is an event, not a failure
+    """A pruner stopped a run on purpose at the end of an epoch (a sweep's trial judged hopeless)."""
 
 
 class Interrupted(Exception):  # noqa: N818 - it is an event, not a failure
@@ -92,7 +104,10 @@ __all__ = [
     "Interrupted",
     "MissingDependencyError",
     "NonFiniteLossError",
+    "Pruned",
+    "RunFailed",
     "StudyError",
+    "SweepError",
     "TrackingError",
     "UserError",
     "sigterm_raises",

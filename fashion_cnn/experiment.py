@@ -1,4 +1,4 @@
-"""One run of fit, validate, test or predict: :class:`FashionCLI` and :func:`run_experiment`.
+"""One run of fit, validate, test or predict: :class:`FashionCLI`, :func:`run_cli` and the resolver.
 
 The path of a run: a config (``configs/ultimate.yaml``) and overrides are parsed by
 :class:`FashionCLI`, a LightningCLI over :class:`~fashion_cnn.FashionCNN` and
@@ -17,7 +17,6 @@ Only public extension points are used: LightningCLI's hooks (``init_parser``,
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -25,7 +24,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -131,6 +130,7 @@ class FashionCLI(LightningCLI):
         args: Command-line style arguments (``["fit", "--config", "configs/debug.yaml"]``).
         session: Receives the trainer as soon as it exists, for :func:`run_cli`'s cleanup.
         parser_class: The parser class (the console uses one that adds the other subcommands).
+        callbacks: Callbacks added to the trainer besides the config's (a sweep's pruner).
     """
 
     def __init__(
@@ -138,8 +138,10 @@ class FashionCLI(LightningCLI):
         args: Sequence[str] | None = None,
         session: RunSession | None = None,
         parser_class: type[LightningArgumentParser] = ArgumentParser,
+        callbacks: Sequence[L.Callback] = (),
     ) -> None:
         self.session = session if session is not None else RunSession()
+        self.extra_callbacks = list(callbacks)
         self._checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, once read
         self.run_name = "fashion-cnn"
         super().__init__(
@@ -252,7 +254,7 @@ class FashionCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         settings = self.config_init[self.subcommand]["trainer"]
-        callbacks = list(_as_list(settings.get("callbacks")))
+        callbacks = [*_as_list(settings.get("callbacks")), *self.extra_callbacks]
         plugins = list(_as_list(settings.get("plugins")))
         defaults = list(_as_list(self.trainer_defaults.get("callbacks")))
         if settings.get("enable_progress_bar") is not False and not any(
@@ -427,8 +429,12 @@ def _sigint_handler_kept() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous)
 
 
-def run_cli(args: Sequence[str], parser_class: type[LightningArgumentParser] = ArgumentParser) -> FashionCLI:
-    """Run ``FashionCLI(args)``; whatever happens, the MLflow run does not stay RUNNING.
+def run_cli(
+    args: Sequence[str],
+    parser_class: type[LightningArgumentParser] = ArgumentParser,
+    callbacks: Sequence[L.Callback] = (),
+) -> FashionCLI:
+    """Run ``FashionCLI(args)`` (with ``callbacks`` added); the MLflow run never stays RUNNING.
 
     Raises:
         Interrupted: Ctrl+C or SIGTERM stopped the run (marked KILLED; checkpoints kept).
@@ -439,7 +445,7 @@ def run_cli(args: Sequence[str], parser_class: type[LightningArgumentParser] = A
     session = RunSession()
     with _sigint_handler_kept(), _tracking_uri_kept():
         try:
-            return FashionCLI(args, session=session, parser_class=parser_class)
+            return FashionCLI(args, session=session, parser_class=parser_class, callbacks=callbacks)
         except KeyboardInterrupt:
             session.end("KILLED")
             raise Interrupted(f"interrupted. {RESUME_HINT}") from None
@@ -456,61 +462,6 @@ def run_cli(args: Sequence[str], parser_class: type[LightningArgumentParser] = A
         except BaseException:
             session.end("FAILED")
             raise
-
-
-@dataclass
-class RunResult:
-    """What :func:`run_experiment` returns."""
-
-    run_id: str | None
-    metrics: dict[str, float] = field(default_factory=dict)
-    best_checkpoint: str | None = None
-    run_name: str | None = None
-
-
-def run_experiment(
-    config: str | os.PathLike[str] | None = None,
-    overrides: Sequence[str] | Mapping[str, Any] = (),
-    subcommand: str = "fit",
-) -> RunResult:
-    """Run one CLI subcommand from Python and return its MLflow run id and final metrics.
-
-    Args:
-        config: A YAML config (as for ``--config``: a path or a packaged name), or None for the
-            defaults.
-        overrides: Further CLI arguments, either as strings (``["--trainer.max_epochs=1"]``) or
-            as a mapping of dotted keys to values (``{"trainer.max_epochs": 1}``).
-        subcommand: fit, validate, test or predict.
-
-    Raises:
-        ConfigError: An unknown key or a value of the wrong type, named by the parser.
-        UserError: For bad input (config, checkpoint, data, tracking store), like the CLI reports.
-        ValueError: A value the model or data rejected.
-        Interrupted: Ctrl+C or SIGTERM; the run is marked KILLED.
-    """
-    if subcommand not in TRAINER_SUBCOMMANDS:
-        raise ValueError(f"subcommand={subcommand!r}: use one of {', '.join(TRAINER_SUBCOMMANDS)}")
-    cli = run_cli(
-        [subcommand, *(["--config", str(config)] if config is not None else []), *as_args(overrides)]
-    )
-    trainer = cli.trainer
-    logger = mlflow_logger(trainer)
-    result = RunResult(run_id=None, run_name=cli.run_name)
-    result.best_checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
-    if logger is not None:
-        result.run_id = logger.run_id
-        result.metrics = dict(logger.experiment.get_run(logger.run_id).data.metrics)
-    else:
-        result.metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return result
-
-
-def as_args(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
-    """Overrides as CLI strings: a mapping of dotted keys becomes ``--key=value`` (JSON for
-    non-strings, as the CLI reads them)."""
-    if isinstance(overrides, Mapping):
-        return [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
-    return list(overrides)
 
 
 # --------------------------------------------------------------------------------------------

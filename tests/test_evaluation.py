@@ -25,7 +25,8 @@ from torchmetrics.classification import (
 from fashion_cnn import FashionCNN, FashionMNISTDataModule, figures
 from fashion_cnn import evaluation as ev
 from fashion_cnn.data import CLASS_NAMES, prepare_batch
-from fashion_cnn.experiment import TRAINER_DEFAULTS, run_experiment
+from fashion_cnn.experiment import TRAINER_DEFAULTS
+from fashion_cnn.runs import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 # The CLI may already register the callback by default; adding a second one would write twice.

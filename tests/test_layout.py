@@ -2,7 +2,8 @@
 
 - One concern per module: none over 600 lines.
 - Library modules never import the CLI module, and never print or exit: only ``cli.py`` talks to
-  the console (sweep/command.py and the CLI's own tools write their result lines to stderr).
+  the console (study/command.py, sweep/command.py and the CLI's own tools write their result lines
+  to stderr).
 - Public extension points only: no attribute starting with ``_`` is read from another object
   (``self._x`` and our own private modules are fine).
 """
@@ -16,7 +17,11 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fashion_cnn"
 MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
-CONSOLE = {"cli.py", "sweep/command.py"}  # the command layer: may write to stderr and exit
+CONSOLE = {
+    "cli.py",
+    "study/command.py",
+    "sweep/command.py",
+}  # the command layer: may write to stderr and exit
 
 
 def _name(path: Path) -> str:
@@ -92,18 +97,13 @@ def _same_defaults(copy, source, skip: tuple[str, ...] = ()) -> list[str]:
 
 
 def test_repeated_signatures_keep_their_defaults() -> None:
-    """Two signatures are repeated on purpose, because LightningCLI and jsonargparse build options
-    from flat typed signatures: the LightningModule's network arguments (FashionCNNNet's) and the
-    ``sweep`` command's options (build_spec's). Their defaults must not drift apart."""
+    """One signature is repeated on purpose, because LightningCLI builds options from a flat typed
+    signature: the LightningModule's network arguments (FashionCNNNet's). Its defaults must not
+    drift apart."""
     from fashion_cnn.network import FashionCNNNet
-    from fashion_cnn.sweep.command import sweep
-    from fashion_cnn.sweep.spec import build_spec
     from fashion_cnn.system import FashionCNN
 
     assert _same_defaults(FashionCNN.__init__, FashionCNNNet.__init__) == []
-    # build_spec's enqueue is a tuple (the command's None means none); settings and resolver are
-    # built by the command from its --model/--data/... groups.
-    assert _same_defaults(sweep, build_spec, skip=("enqueue", "settings", "resolver")) == []
 
 
 def test_the_signature_check_can_fail() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fashion_cnn import study
+from fashion_cnn.runs.settings import as_args
 from fashion_cnn.study import (
     Metric,
     StudyError,
@@ -230,7 +230,7 @@ def test_overrides_from_the_command_line() -> None:
         "trainer.limit_train_batches": 20,
         "model.lr": -1,
     }
-    assert study.override_args(run_overrides(groups)) == [
+    assert as_args(run_overrides(groups)) == [
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=20",
         "--model.lr=-1",
@@ -342,7 +342,7 @@ def test_an_unusable_comparison_is_named_with_the_fix(tmp_path: Path, content, f
 
 
 def test_the_time_estimate_scales_unseen_variants_by_their_budget() -> None:
-    from fashion_cnn.study.progress import Estimator
+    from fashion_cnn.runs.progress import Estimator
 
     short, long, other = ("s", "three_epochs"), ("s", "seven_epochs"), ("s", "no_budget")
     budgets = {short: 3 * 55_000, long: 7 * 55_000}
@@ -361,7 +361,7 @@ def test_the_time_estimate_scales_unseen_variants_by_their_budget() -> None:
 def test_a_continued_run_counts_with_its_earlier_part() -> None:
     """A run that went on from its checkpoint took its earlier part too: the estimate for the
     other seeds must not learn from the last part alone, nor count the continued run in full."""
-    from fashion_cnn.study.progress import Progress
+    from fashion_cnn.runs.progress import Progress
 
     lines: list[str] = []
 

@@ -143,7 +143,7 @@ def test_without_an_address_the_study_starts_its_own_ray(
     import ray
 
     monkeypatch.setenv("RAY_ADDRESS", head)  # a 2-CPU cluster a bare ray.init() would join
-    caplog.set_level(logging.INFO, logger="fashion_cnn.study.ray_executor")
+    caplog.set_level(logging.INFO, logger="fashion_cnn.runs.ray_executor")
     argv = ["study", str(work / "ray.yaml"), *TINY, "--seeds", "1", "--executor", "ray", "--workers", "1"]
     before = signal.getsignal(signal.SIGTERM)
     assert main(argv) == 0

@@ -18,9 +18,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from fashion_cnn.cli import main
-from fashion_cnn.study import executors, load_study, plan_study
+from fashion_cnn.runs import executors
+from fashion_cnn.runs.launch import launch
+from fashion_cnn.study import load_study, plan_study
 from fashion_cnn.study.plan import images_per_run
-from fashion_cnn.study.trial import run_trial
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = sorted((REPO / "fashion_cnn" / "configs" / "studies").glob("*.yaml"))
@@ -57,7 +58,7 @@ def _write(folder: Path, text: str, name: str) -> Path:
 
 
 class _Counting:
-    """Wraps run_trial: records (variant, seed) per call and can raise KeyboardInterrupt on one."""
+    """Wraps launch: records (variant, seed) per call and can raise KeyboardInterrupt on one."""
 
     def __init__(self, interrupt_at: int | None = None) -> None:
         self.interrupt_at, self.calls = interrupt_at, []
@@ -66,7 +67,7 @@ class _Counting:
         self.calls.append(trial.key[1:])
         if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
             raise KeyboardInterrupt
-        return run_trial(trial)
+        return launch(trial)
 
 
 def _children(client: MlflowClient, parent_id: str) -> list:
@@ -84,7 +85,7 @@ def test_tiny_study_end_to_end_with_restart(
 
     # First attempt: "Ctrl+C" as the third of four runs starts.
     first = _Counting(interrupt_at=3)
-    monkeypatch.setattr(executors, "run_trial", first)
+    monkeypatch.setattr(executors, "launch", first)
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "rerun the same command" in err and "Traceback" not in err
@@ -103,7 +104,7 @@ def test_tiny_study_end_to_end_with_restart(
 
     # Second attempt: only the two missing runs train, under the same parent.
     second = _Counting()
-    monkeypatch.setattr(executors, "run_trial", second)
+    monkeypatch.setattr(executors, "launch", second)
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert sorted(second.calls) == sorted([first.calls[2], ("four", 1)])
@@ -192,7 +193,7 @@ def test_tiny_study_end_to_end_with_restart(
     victim = next(r for r in children if r.data.tags["variant"] == "two" and r.data.tags["seed"] == "0")
     client.set_terminated(victim.info.run_id, "KILLED")
     third = _Counting()
-    monkeypatch.setattr(executors, "run_trial", third)
+    monkeypatch.setattr(executors, "launch", third)
     assert main(argv) == 0
     assert third.calls == [("two", 0)]
     capsys.readouterr()
@@ -212,7 +213,7 @@ expected: [six beats four on test/acc]
         "other.yaml",
     )
     fourth = _Counting()
-    monkeypatch.setattr(executors, "run_trial", fourth)
+    monkeypatch.setattr(executors, "launch", fourth)
     assert main(["study", str(other), *TINY, "--seeds", "1"]) == 0
     assert fourth.calls == [("six", 0)]  # four: a finished run; also_six: the same trial as six
     assert "reused its results" in capsys.readouterr().err
@@ -405,8 +406,8 @@ class _Order(executors.SerialExecutor):
         super().__init__()
         self.slots, self.order = slots, []
 
-    def run(self, trials, on_start, on_done) -> None:
-        self.order += [t.key[1] for t in trials]
+    def run(self, runs, on_start, on_done) -> None:
+        self.order += [t.key[1] for t in runs]
         raise _Stop
 
 
@@ -440,7 +441,7 @@ def test_an_interrupted_run_continues_from_its_last_epoch(
 ) -> None:
     """Ctrl+C in a run's second epoch; the same command again continues that run from the end of
     its first epoch, in the same MLflow run, and ends with the metrics of an uninterrupted run."""
-    from fashion_cnn.study import store
+    from fashion_cnn.runs import records as store
 
     path = _write(
         workdir,

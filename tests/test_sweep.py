@@ -25,7 +25,7 @@ from fashion_cnn.configs import packaged_root
 from fashion_cnn.experiment import ConfigResolver
 from fashion_cnn.sweep import VALIDATION_METRICS, build_spec, parse_space
 from fashion_cnn.sweep.search import make_sampler
-from fashion_cnn.sweep.spec import settings_of
+from fashion_cnn.sweep.spec import SweepOptions, settings_of
 from fashion_cnn.sweep.storage import open_storage
 
 SWEEPS = packaged_root() / "sweeps"
@@ -94,10 +94,9 @@ def _error_line(capsys: pytest.CaptureFixture) -> str:
 
 def test_the_shipped_sweep_and_its_best_config_parse_through_the_real_cli() -> None:
     config = build_parser().parse_args(["sweep", "--config", str(SWEEPS / "architecture.yaml")])
-    options = {k: v for k, v in config["sweep"].items() if k not in ("config", "__path__")}
-    groups = {g: options.pop(g) for g in ("model", "data", "trainer", "checkpoint")}
-    options.pop("report_only")
-    spec = build_spec(**options, settings=settings_of(groups))
+    options = {k: v for k, v in config["sweep"].items() if k in SweepOptions.__dataclass_fields__}
+    groups = {g: config["sweep"][g] for g in ("model", "data", "trainer", "checkpoint")}
+    spec = build_spec(SweepOptions(**options), settings=settings_of(groups))
     assert spec.space.keys == [
         "model.layers",
         "model.filters",
@@ -350,7 +349,8 @@ def test_two_workers_on_postgresql_lose_no_trial_and_run_none_twice(
     trainer = {**yaml.safe_load(text)["trainer"], "limit_val_batches": 2, "limit_test_batches": 2}
     path = _sweep_file(tmp_path, text, n_trials=4, trainer=trainer)
     with postgres() as database:
-        assert main(["sweep", "--config", str(path), "--storage", database, "--workers", "2"]) == 0
+        argv = ["sweep", "--config", str(path), "--storage", database, "--executor", "ray", "--workers", "2"]
+        assert main(argv) == 0
         study = optuna.load_study(study_name="tiny", storage=open_storage(database))
         trials = study.get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # none lost, none extra

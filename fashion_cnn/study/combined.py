@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from fashion_cnn._io import atomic_write
+from fashion_cnn.runs.progress import duration
+from fashion_cnn.runs.records import TAG_EXECUTOR, TAG_REUSED, run_seconds
 from fashion_cnn.study import compare
 from fashion_cnn.study.plan import TRAIN_IMAGES, StudyPlan, identical_variants, images_per_run
-from fashion_cnn.study.progress import duration
 from fashion_cnn.study.report import (
     StudyResults,
     budget_changes,
@@ -23,7 +24,6 @@ from fashion_cnn.study.report import (
     results_json,
     results_table,
 )
-from fashion_cnn.study.store import TAG_EXECUTOR, TAG_REUSED, run_seconds
 from fashion_cnn.study.verdicts import fmt_p, rule_lines
 
 

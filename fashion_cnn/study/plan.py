@@ -8,7 +8,6 @@ rerun of the same command finds its parent run and runs only what is missing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -18,27 +17,11 @@ from typing import Any
 
 from fashion_cnn.errors import ConfigError, StudyError
 from fashion_cnn.experiment import ConfigResolver
+from fashion_cnn.runs.settings import as_args, digest, hashable, plain
 from fashion_cnn.study.spec import RESERVED, Study, Variant
 from fashion_cnn.tracking import resolve_tracking_uri
 
 DEFAULT_EXPERIMENT = "fashion-cnn-studies"
-
-# Keys left out of the hash that identifies a study's runs: they name or place runs, or are set
-# per run, but do not change what a run computes. Changing this list changes every study's hash
-# (and so which finished runs a rerun finds); tests/test_study_plan.py pins the shipped hashes.
-NOT_HASHED = (
-    "seed_everything",
-    "run_name",
-    "config",
-    "output_dir",
-    "predictions_file",
-    "ckpt_path",
-    "checkpoint.root",
-    "checkpoint.dirpath",
-    "trainer.logger",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-)
 
 
 @dataclass
@@ -87,11 +70,6 @@ class StudyPlan:
         return len(self.variants) * len(self.seeds)
 
 
-def override_args(overrides: Mapping[str, Any]) -> list[str]:
-    """Dotted-key overrides as ``--key=value`` CLI strings (JSON for non-strings, as the CLI reads)."""
-    return [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
-
-
 def run_overrides(groups: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
     """``{"trainer": {"max_epochs": 1}}`` (as the study command parses them) -> dotted keys.
 
@@ -106,17 +84,6 @@ def run_overrides(groups: Mapping[str, Mapping[str, Any] | None]) -> dict[str, A
         if key in RESERVED:
             raise StudyError(f"--{key} cannot be set for a study: {RESERVED[key]}")
     return flat
-
-
-def plain(value: Any) -> Any:
-    """jsonargparse hands nested class configs over as Namespaces: plain dicts and lists instead."""
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if isinstance(value, Mapping):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
 
 
 def plan_study(
@@ -152,7 +119,7 @@ def plan_study(
             "--trainer.enable_model_summary=false",
             f"--output_dir={output / 'runs'}",
         ]
-        args = [*defaults, *override_args(study.overrides), *override_args(variant.overrides), *cli_overrides]
+        args = [*defaults, *as_args(study.overrides), *as_args(variant.overrides), *cli_overrides]
         where = f"study {study.name}, variant {variant.name}"
         resolved = _resolve(resolver, config, args, where)
         as_configured = (
@@ -204,27 +171,6 @@ def _resolve(
         ) from None
 
 
-def digest(tree: Any) -> str:
-    """A short, stable hash of plain data."""
-    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def hashable(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat settings of a resolved config that change what a run computes."""
-    flat = flatten(resolved)
-    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_HASHED)}
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    if isinstance(tree, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def identical_variants(plan: StudyPlan) -> list[list[str]]:
     """Groups of variants whose resolved configs are the same (only seeds tell them apart)."""
     groups: dict[str, list[str]] = {}
@@ -243,7 +189,7 @@ def describe_plan(plan: StudyPlan) -> list[str]:
     for vp in plan.variants:
         left = [s for s in plan.seeds if (vp.variant.name, s) not in plan.finished]
         config = vp.config.name if vp.config else "defaults"
-        extra = " ".join(override_args(vp.variant.overrides))
+        extra = " ".join(as_args(vp.variant.overrides))
         lines.append(
             f"  {vp.variant.name}: {config} {extra} ({vp.num_params:,} params); "
             f"seeds to run: {left or 'none'}"

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from fashion_cnn import figures
-from fashion_cnn.study import store
+from fashion_cnn.runs import records
+from fashion_cnn.runs.progress import duration
+from fashion_cnn.runs.settings import as_args, hashable
 from fashion_cnn.study.claims import Claim
-from fashion_cnn.study.plan import StudyPlan, hashable, identical_variants, override_args
-from fashion_cnn.study.progress import duration
+from fashion_cnn.study.plan import StudyPlan, identical_variants
 from fashion_cnn.study.spec import Study
 from fashion_cnn.study.verdicts import Evaluation, evaluate_claim, fmt, fmt_p, mean_ci, rule_lines
 
@@ -71,7 +72,7 @@ def collect_results(plan: StudyPlan, client: Any) -> StudyResults:
             logged = run.data.params.get("num_params")
             if logged and logged.isdigit():
                 params[name] = int(logged)
-            seconds = store.run_seconds(run)
+            seconds = records.run_seconds(run)
             if seconds is not None:
                 wall[name].append(seconds)
     evaluations = [evaluate_claim(c, samples[c.metric], study.metric(c.metric)) for c in study.claims]
@@ -173,7 +174,7 @@ def _report_markdown(plan: StudyPlan, results: StudyResults, figures: Mapping[st
     ]
     for name, seed, run in results.runs:
         values = " | ".join(fmt(run.data.metrics.get(m.name, math.nan)) for m in study.metrics)
-        seconds = store.run_seconds(run)
+        seconds = records.run_seconds(run)
         took = duration(seconds) if seconds is not None else "–"
         lines.append(f"| {name} | {seed} | `{run.info.run_id}` | {values} | {took} |")
     return "\n".join(lines) + "\n"
@@ -183,7 +184,7 @@ def _setup_lines(plan: StudyPlan) -> list[str]:
     study = plan.study
     lines = [f"- Base config: `{rel(study.base)}`" if study.base else "- Base config: the CLI defaults"]
     if study.overrides:
-        lines.append(f"- Study overrides: `{' '.join(override_args(study.overrides))}`")
+        lines.append(f"- Study overrides: `{' '.join(as_args(study.overrides))}`")
     lines.append(
         "- Command-line overrides for every run: "
         + (f"`{' '.join(plan.cli_overrides)}`" if plan.cli_overrides else "none")
@@ -199,7 +200,7 @@ def _setup_lines(plan: StudyPlan) -> list[str]:
         trainer = vp.resolved.get("trainer") or {}
         lines.append(
             f"| {vp.variant.name} | `{rel(vp.config) if vp.config else 'defaults'}` | "
-            f"{' '.join(f'`{a}`' for a in override_args(vp.variant.overrides)) or '–'} | "
+            f"{' '.join(f'`{a}`' for a in as_args(vp.variant.overrides)) or '–'} | "
             f"{trainer.get('max_epochs')} | {_show(str(trainer.get('limit_train_batches') or 'all'))} |"
         )
     for group in identical_variants(plan):

@@ -3,8 +3,8 @@
 :func:`run_studies` is the whole life of ``fashion-cnn study``. Every study file is loaded and every
 variant resolved before the first run starts. Finished runs of the same study (same hash) are kept;
 a finished run of any study with the same resolved config and seed is copied instead of trained;
-identical trials in one invocation train once. The executor (serial or Ray) trains the rest; the
-runner does all MLflow bookkeeping, so the records are the same whichever executor ran.
+identical runs in one invocation train once. The run layer's executor (serial or Ray) trains the
+rest; the runner does all MLflow bookkeeping, so the records are the same whichever executor ran.
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fashion_cnn.errors import ExecutorError, Interrupted, StudyError, UserError, sigterm_raises
+from fashion_cnn.errors import ExecutorError, Interrupted, RunFailed, StudyError, UserError, sigterm_raises
 from fashion_cnn.experiment import ConfigResolver
+from fashion_cnn.runs import records
+from fashion_cnn.runs.executors import Executor, SerialExecutor
+from fashion_cnn.runs.launch import RunOutcome, RunSpec
+from fashion_cnn.runs.progress import Progress
 from fashion_cnn.study import store
 from fashion_cnn.study.combined import write_combined_report
 from fashion_cnn.study.compare import load_comparison
-from fashion_cnn.study.executors import Executor, SerialExecutor
 from fashion_cnn.study.plan import (
     DEFAULT_EXPERIMENT,
     StudyPlan,
@@ -30,10 +33,8 @@ from fashion_cnn.study.plan import (
     images_per_run,
     plan_study,
 )
-from fashion_cnn.study.progress import Progress
 from fashion_cnn.study.report import collect_results, write_report
 from fashion_cnn.study.spec import load_study
-from fashion_cnn.study.trial import Trial, TrialFailed, TrialResult
 from fashion_cnn.tracking import prepare_store, sqlite_file
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Job:
-    """A trial to train and the other (study, variant, seed) slots its result fills."""
+    """A run to train and the other (study, variant, seed) slots its result fills."""
 
-    trial: Trial
+    run: RunSpec
     plan: StudyPlan
     vp: VariantPlan
     seed: int
@@ -56,8 +57,8 @@ class _Job:
 
     @property
     def kept_s(self) -> float:
-        """Seconds an earlier attempt trained that this trial continues (0 for a fresh run)."""
-        return self.trial.resumes[1] if self.trial.resumes else 0.0
+        """Seconds an earlier attempt trained that this run continues (0 for a fresh run)."""
+        return self.run.resumes[1] if self.run.resumes else 0.0
 
 
 def run_studies(
@@ -87,19 +88,19 @@ def run_studies(
         experiment: MLflow experiment of the parent and child runs.
         dry_run: Only report the plan through ``progress``.
         report_only: Write reports from the runs already finished; run nothing.
-        reuse: Copy the results of a finished trial of another study in the same experiment that
+        reuse: Copy the results of a finished run of another study in the same experiment that
             has the same resolved config and seed, instead of training again.
         combined_report: Also write one Markdown document over all studies here.
         command: The command line to quote in the combined report.
         compare_with: Another combined report (its ``.md`` or ``.json``): the combined report gets
             a table of the claims whose verdict differs between the two. Read before any run starts.
-        executor: Where trials run (default: :class:`SerialExecutor`, in this process).
+        executor: Where runs train (default: :class:`SerialExecutor`, in this process).
         progress: Receives the events (default: log lines).
         resolver: A config resolver to reuse (building one takes about half a second).
 
     Raises:
         StudyError: For unusable study files or overrides (before any run starts).
-        TrialFailed: A run failed for a user reason; the study stopped there.
+        RunFailed: A run failed for a user reason; the study stopped there.
         ExecutorError: The executor could not start, or lost a run for good.
         Interrupted: Ctrl+C or SIGTERM; finished runs are kept, running ones marked KILLED.
     """
@@ -185,12 +186,14 @@ def _train(
                 keys = [(j.plan.study.name, j.vp.variant.name) for j in jobs]  # one per run to train
                 budgets = {k: j.budget for k, j in zip(keys, jobs, strict=True)}
                 progress.begin(keys, executor.slots, budgets, [j.kept_s for j in jobs])
-                by_key = {j.trial.key: j for j in jobs}
+                by_key = {j.run.key: j for j in jobs}
 
-                def on_done(trial: Trial, result: TrialResult) -> None:
-                    _finished(by_key[trial.key], result, clients, progress)
+                def on_done(run: RunSpec, outcome: RunOutcome) -> None:
+                    if outcome.state != "finished":
+                        raise RunFailed(outcome.error)
+                    _finished(by_key[run.key], outcome, clients, progress)
 
-                executor.run([j.trial for j in jobs], lambda t: progress.started(t.label), on_done)
+                executor.run([j.run for j in jobs], lambda r: progress.started(r.label), on_done)
             except (KeyboardInterrupt, Interrupted) as exc:
                 _close(active, clients, "KILLED")
                 sig = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
@@ -214,7 +217,7 @@ def _jobs(
     reuse: bool,
     executor: Executor,
 ) -> list[_Job]:
-    """The trials to train: one per distinct (resolved config, seed) still missing anywhere."""
+    """The runs to train: one per distinct (resolved config, seed) still missing anywhere."""
     jobs: dict[tuple[str, int], _Job] = {}
     for plan in plans:
         client = clients[plan.tracking_uri]
@@ -224,7 +227,7 @@ def _jobs(
             source = store.reusable_run(client, plan, vp, seed) if reuse else None
             if source is not None:
                 _fill(plan, vp, seed, source, client)
-                origin = source.data.tags.get(store.TAG_REUSED, source.info.run_id)
+                origin = source.data.tags.get(records.TAG_REUSED, source.info.run_id)
                 progress.note(
                     f"[{plan.study.name}] {name} seed {seed}: same config and seed as finished run {origin} "
                     f"({source.data.tags.get(store.TAG_STUDY)}/{source.data.tags.get(store.TAG_VARIANT)}); "
@@ -242,7 +245,7 @@ def _jobs(
                     f"full epoch ({resume.checkpoint})"
                 )
             jobs[key if reuse else (f"{plan.study.name}/{name}", seed)] = _Job(
-                _trial(plan, vp, seed, executor, resume), plan, vp, seed
+                _run(plan, vp, seed, executor, resume), plan, vp, seed
             )
     ordered = list(jobs.values())
     if executor.slots > 1:
@@ -252,9 +255,9 @@ def _jobs(
     return ordered
 
 
-def _trial(
+def _run(
     plan: StudyPlan, vp: VariantPlan, seed: int, executor: Executor, resume: store.Resume | None = None
-) -> Trial:
+) -> RunSpec:
     """The run's full config: the resolved variant with its seed, name, tags and tracking set, and
     the checkpoint to go on from when an earlier attempt left one."""
     config = {k: v for k, v in vp.resolved.items() if k != "config"}
@@ -268,19 +271,27 @@ def _trial(
         **(logger.get("init_args") or {}),
         "experiment_name": plan.experiment,
         "tracking_uri": plan.tracking_uri,
-        "tags": {**store.trial_tags(plan, vp, seed), store.TAG_EXECUTOR: executor.name},
+        "tags": {**store.trial_tags(plan, vp, seed), records.TAG_EXECUTOR: executor.name},
     }
     config["trainer"] = {**config["trainer"], "logger": logger}
     log_file = plan.output / "logs" / f"{run_name}-seed{seed}.log"
     resumes = None if resume is None else (resume.run_id, resume.kept_s)
-    return Trial((plan.study.name, vp.variant.name, seed), config, str(log_file), executor.threads, resumes)
+    label = f"[{plan.study.name}] {vp.variant.name} seed {seed}"
+    return RunSpec(
+        (plan.study.name, vp.variant.name, seed),
+        label,
+        config,
+        str(log_file),
+        executor.threads,
+        resumes=resumes,
+    )
 
 
-def _finished(job: _Job, result: TrialResult, clients: Mapping[str, Any], progress: Progress) -> None:
-    """Record a trained trial: end lost attempts, fill its slot and its followers', report it."""
+def _finished(job: _Job, result: RunOutcome, clients: Mapping[str, Any], progress: Progress) -> None:
+    """Record a trained run: end lost attempts, fill its slot and its followers', report it."""
     plan, vp, seed = job.plan, job.vp, job.seed
     client = clients[plan.tracking_uri]
-    # Attempts of this trial whose process died (a killed Ray worker) never ended their run.
+    # Attempts of this run whose process died (a killed Ray worker) never ended their run.
     store.end_running_children(client, plan, "FAILED", vp.variant.name, seed, keep=result.run_id)
     run = client.get_run(result.run_id)
     plan.finished[(vp.variant.name, seed)] = run
@@ -289,13 +300,13 @@ def _finished(job: _Job, result: TrialResult, clients: Mapping[str, Any], progre
     metrics = "  ".join(
         f"{m.name} {run.data.metrics[m.name]:.4f}" for m in plan.study.metrics if m.name in run.data.metrics
     )
-    progress.finished((plan.study.name, vp.variant.name), job.trial.label, result.wall_s, metrics, job.kept_s)
+    progress.finished((plan.study.name, vp.variant.name), job.run.label, result.wall_s, metrics, job.kept_s)
 
 
 def _fill(plan: StudyPlan, vp: VariantPlan, seed: int, source: Any, client: Any) -> None:
     """Fill (plan, variant, seed) with a copy of the finished run ``source``."""
     tags = store.trial_tags(plan, vp, seed)
-    run = store.copy_run(client, source, tags, f"{plan.study.name}-{vp.variant.name}-seed{seed}")
+    run = records.copy_run(client, source, tags, f"{plan.study.name}-{vp.variant.name}-seed{seed}")
     plan.finished[(vp.variant.name, seed)] = run
 
 
@@ -325,4 +336,4 @@ def _part_key(part: str) -> tuple[int, str]:
     return (int(match.group(1)), match.group(2)) if match else (10**9, part)
 
 
-__all__ = ["ExecutorError", "Interrupted", "TrialFailed", "UserError", "run_studies"]
+__all__ = ["ExecutorError", "Interrupted", "RunFailed", "UserError", "run_studies"]

@@ -1,9 +1,9 @@
-"""A study's records in MLflow: the parent run, its child runs, and what a rerun can reuse.
+"""A study's records in MLflow: which parent and children are its own, and what a rerun reuses.
 
 One parent run per study (tagged with the study name and hash) and one child per variant × seed,
-linked through MLflow's ``mlflow.parentRunId`` tag, which the UI nests on and which works across
-processes and machines. Only the driver of a study writes here; each child run is created by the
-run itself (through its :class:`~fashion_cnn.tracking.MLflowLogger`), wherever it runs.
+kept by the run layer's records (:mod:`fashion_cnn.runs.records`). This module knows the study's
+tags: it finds the study's runs, the finished ones a rerun keeps, an identical run of another
+study to copy, and an unfinished attempt to continue from its checkpoint.
 """
 
 from __future__ import annotations
@@ -13,22 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric as MlflowMetric
-from mlflow.entities import Param
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
+from fashion_cnn.runs import records
+from fashion_cnn.runs.records import PARENT_TAG, TAG_KEPT, TAG_RESUMED_AT, search
 from fashion_cnn.study.plan import StudyPlan, VariantPlan
-from fashion_cnn.tracking import BEST_CHECKPOINT_TAG, ensure_experiment
+from fashion_cnn.tracking import ensure_experiment
 
 log = logging.getLogger(__name__)
 
 # Tags on the parent ("study") and child ("trial") runs; plain keys keep MLflow filters simple.
 TAG_STUDY, TAG_HASH, TAG_ROLE, TAG_VARIANT, TAG_SEED = "study", "study_hash", "study_role", "variant", "seed"
-TAG_CONFIG, TAG_REUSED = "config_hash", "reused_from"  # per-variant config hash; the run a copy came from
-TAG_EXECUTOR = "executor"  # serial or ray: what trained the run (fit adds the machine.* tags)
-# A run continued from its checkpoint: the seconds it had trained before, and when it went on.
-TAG_KEPT, TAG_RESUMED_AT = "resume.kept_s", "resume.at_ms"
-PARENT_TAG = MLFLOW_PARENT_RUN_ID
+TAG_CONFIG = "config_hash"  # per-variant config hash
+CHILDREN = f"tags.{TAG_ROLE} = 'trial'"
 
 
 @dataclass(frozen=True)
@@ -62,19 +57,6 @@ def trial_tags(plan: StudyPlan, vp: VariantPlan, seed: int) -> dict[str, str]:
     return tags
 
 
-def search(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
-    """Every run matching ``filter_string`` (all pages)."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def find_runs(plan: StudyPlan, client: Any) -> None:
     """Fill ``plan.parent_id`` and ``plan.finished`` from the tracking store (no runs created)."""
     experiment = client.get_experiment_by_name(plan.experiment)
@@ -87,7 +69,7 @@ def find_runs(plan: StudyPlan, client: Any) -> None:
         return
     parents.sort(key=lambda r: r.info.start_time)
     plan.parent_id = parents[0].info.run_id
-    for run in children(client, plan, experiment.experiment_id):
+    for run in children(client, plan):
         tags = run.data.tags
         if run.info.status != "FINISHED":
             continue
@@ -100,18 +82,9 @@ def find_runs(plan: StudyPlan, client: Any) -> None:
             plan.finished[key] = run
 
 
-def children(
-    client: Any, plan: StudyPlan, experiment_id: str | None = None, status: str | None = None
-) -> list[Any]:
+def children(client: Any, plan: StudyPlan, status: str | None = None) -> list[Any]:
     """The child runs of the study's parent (optionally only those with ``status``)."""
-    if plan.parent_id is None:
-        return []
-    if experiment_id is None:
-        experiment_id = client.get_run(plan.parent_id).info.experiment_id
-    filter_string = f"tags.{TAG_ROLE} = 'trial' AND tags.`{PARENT_TAG}` = '{plan.parent_id}'"
-    if status is not None:
-        filter_string += f" AND attributes.status = '{status}'"
-    return search(client, experiment_id, filter_string)
+    return [] if plan.parent_id is None else records.children(client, plan.parent_id, CHILDREN, status)
 
 
 def end_running_children(
@@ -123,21 +96,15 @@ def end_running_children(
     keep: str | None = None,
 ) -> list[str]:
     """Mark the study's RUNNING children ``status`` (all, or those of one variant and seed), except
-    ``keep``; returns their ids.
+    ``keep``; returns their ids."""
 
-    A run whose process died (a killed Ray worker, a cancelled task) cannot end its own MLflow run;
-    the driver ends it for it, so no run stays RUNNING.
-    """
-    ended = []
-    for run in children(client, plan, status="RUNNING"):
+    def match(run: Any) -> bool:
         tags = run.data.tags
-        if run.info.run_id == keep:
-            continue
-        if variant is not None and (tags.get(TAG_VARIANT) != variant or tags.get(TAG_SEED) != str(seed)):
-            continue
-        client.set_terminated(run.info.run_id, status)
-        ended.append(run.info.run_id)
-    return ended
+        return variant is None or (tags.get(TAG_VARIANT) == variant and tags.get(TAG_SEED) == str(seed))
+
+    if plan.parent_id is None:
+        return []
+    return records.end_orphans(client, plan.parent_id, CHILDREN, status, match, keep)
 
 
 def resume_point(runs: list[Any], plan: StudyPlan, vp: VariantPlan, seed: int) -> Resume | None:
@@ -167,16 +134,6 @@ def resume_point(runs: list[Any], plan: StudyPlan, vp: VariantPlan, seed: int) -
     return None
 
 
-def run_seconds(run: Any) -> float | None:
-    """Seconds a finished run trained: start to end, less the pauses before it was resumed."""
-    info, tags = run.info, run.data.tags
-    if not (info.end_time and info.start_time):
-        return None
-    if TAG_RESUMED_AT in tags:
-        return float(tags[TAG_KEPT]) + (info.end_time - int(tags[TAG_RESUMED_AT])) / 1000.0
-    return (info.end_time - info.start_time) / 1000.0
-
-
 def reusable_run(client: Any, plan: StudyPlan, vp: VariantPlan, seed: int) -> Any | None:
     """A finished trial of any study in this experiment with the same resolved config and seed."""
     experiment = client.get_experiment_by_name(plan.experiment)
@@ -192,43 +149,9 @@ def reusable_run(client: Any, plan: StudyPlan, vp: VariantPlan, seed: int) -> An
     return min(found, key=lambda r: r.info.start_time) if found else None
 
 
-def copy_run(client: Any, source: Any, tags: dict[str, str], run_name: str) -> Any:
-    """A child run under this study's parent holding ``source``'s params, metrics and histories."""
-    origin = source.data.tags.get(TAG_REUSED, source.info.run_id)
-    copied = {  # where the results came from stays true of the copy
-        k: v
-        for k, v in source.data.tags.items()
-        if k in (BEST_CHECKPOINT_TAG, TAG_EXECUTOR, TAG_KEPT, TAG_RESUMED_AT) or k.startswith("machine.")
-    }
-    run = client.create_run(
-        source.info.experiment_id,
-        start_time=source.info.start_time,
-        tags={**copied, **tags, TAG_REUSED: origin},
-        run_name=run_name,
-    )
-    run_id = run.info.run_id
-    params = [Param(k, v) for k, v in source.data.params.items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i : i + 100])
-    metrics = []
-    for key in source.data.metrics:
-        metrics += [
-            MlflowMetric(key, m.value, m.timestamp, m.step)
-            for m in client.get_metric_history(source.info.run_id, key)
-        ]
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i : i + 1000])
-    client.set_terminated(run_id, "FINISHED", end_time=source.info.end_time)
-    return client.get_run(run_id)
-
-
 def open_parent(plan: StudyPlan, client: Any) -> str:
     """Create the study's parent run, or mark the existing one RUNNING again; returns its id."""
-    if plan.parent_id is not None:
-        client.update_run(plan.parent_id, status="RUNNING")
-        return plan.parent_id
     study = plan.study
-    experiment_id = ensure_experiment(client, plan.experiment)
     tags = {
         TAG_STUDY: study.name,
         TAG_HASH: plan.study_hash,
@@ -236,12 +159,13 @@ def open_parent(plan: StudyPlan, client: Any) -> str:
         "study_file": str(study.path),
         "mlflow.note.content": f"**{study.title}**\n\n{study.hypothesis}",
     }
-    run = client.create_run(experiment_id, run_name=f"study-{study.name}", tags=tags)
-    for key, value in {
+    params = {
         "study.base": str(study.base) if study.base else "defaults",
         "study.variants": ", ".join(v.variant.name for v in plan.variants),
-        "study.overrides": " ".join(plan.cli_overrides)[:6000] or "none",
-    }.items():
-        client.log_param(run.info.run_id, key, value)
-    plan.parent_id = run.info.run_id
+        "study.overrides": " ".join(plan.cli_overrides) or "none",
+    }
+    experiment_id = ensure_experiment(client, plan.experiment)
+    plan.parent_id = records.open_parent(
+        client, experiment_id, f"study-{study.name}", tags, params, existing=plan.parent_id
+    )
     return plan.parent_id

@@ -10,8 +10,9 @@ trains trials as MLflow child runs of one parent (:mod:`~fashion_cnn.sweep.runne
 
 from __future__ import annotations
 
+from fashion_cnn.errors import SweepError
 from fashion_cnn.sweep.pruning import OptunaPruning, PrunerSettings, make_pruner
-from fashion_cnn.sweep.space import Param, SearchSpace, SweepError, parse_space
+from fashion_cnn.sweep.space import Param, SearchSpace, parse_space
 from fashion_cnn.sweep.spec import VALIDATION_METRICS, SweepSpec, build_spec
 
 __all__ = [

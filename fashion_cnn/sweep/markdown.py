@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fashion_cnn.study.progress import duration
+from fashion_cnn.runs.progress import duration
 from fashion_cnn.sweep.spec import SweepSpec
 from fashion_cnn.sweep.storage import shown
 
@@ -37,27 +37,28 @@ def report_markdown(
     command: str | None,
 ) -> str:
     """The report as Markdown (figures referenced by file name, beside it)."""
+    o = spec.options
     word = "higher" if spec.higher_is_better else "lower"
     elapsed = wall(trials)
     total = sum(s for s in map(seconds, trials) if s is not None)
     epochs = spec.resolved["trainer"]["max_epochs"]
     lines = [
-        f"# Sweep `{spec.name}`",
+        f"# Sweep `{spec.options.name}`",
         "",
-        f"Optuna study `{spec.name}` in `{shown(spec.storage)}`; MLflow parent run `{parent_id}` in "
+        f"Optuna study `{spec.options.name}` in `{shown(spec.storage)}`; MLflow parent run `{parent_id}` in "
         "experiment "
-        f"`{spec.experiment}` (`{spec.tracking_uri}`). Generated {_now()}.",
+        f"`{spec.options.experiment}` (`{spec.tracking_uri}`). Generated {_now()}.",
         "",
         "## Search",
         "",
-        f"- objective: `{spec.objective}`, {word} is better, the best epoch of each trial (the test set is "
+        f"- objective: `{o.objective}`, {word} is better, the best epoch of each trial (the test set is "
         "never looked at during the search)",
         f"- base config: `{_rel(spec.base) if spec.base else 'defaults'}`; fixed settings: "
         + (", ".join(f"`{k}={v}`" for k, v in spec.settings.items()) or "none"),
         f"- budget per trial: {epochs} epoch{'s' if epochs != 1 else ''}; search size: "
-        + (f"{spec.n_trials} trials" if spec.n_trials else "until the timeout")
-        + (f", timeout {duration(spec.timeout)} per invocation" if spec.timeout else ""),
-        f"- sampler: {spec.sampler} (seed {spec.seed}, {spec.startup_trials} random startup trials); pruner: "
+        + (f"{o.n_trials} trials" if o.n_trials else "until the timeout")
+        + (f", timeout {duration(o.timeout)} per invocation" if o.timeout else ""),
+        f"- sampler: {o.sampler} (seed {o.seed}, {o.startup_trials} random startup trials); pruner: "
         f"{spec.pruner.name} (from epoch {spec.pruner.from_epoch})",
         "",
         "| key | sampled as |",
@@ -89,7 +90,7 @@ def report_markdown(
 
 def _trial_table(spec: SweepSpec, trials: Sequence[Any], best: Any) -> list[str]:
     keys = spec.space.keys
-    head = ["trial", "state", spec.objective, "epochs", *(k.split(".")[-1] for k in keys), "time"]
+    head = ["trial", "state", spec.options.objective, "epochs", *(k.split(".")[-1] for k in keys), "time"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in trials:
         mark = " (best)" if best is not None and t.number == best.number else ""
@@ -116,7 +117,7 @@ def _best_section(spec: SweepSpec, best: Any, test: Mapping[str, float], test_no
     lines = [
         "## Best trial",
         "",
-        f"Trial {best.number}: **{spec.objective} {best.value:.4f}** with "
+        f"Trial {best.number}: **{spec.options.objective} {best.value:.4f}** with "
         + ", ".join(f"`{k}={_cell(v)}`" for k, v in best.params.items())
         + ".",
         "",
@@ -130,7 +131,7 @@ def _best_section(spec: SweepSpec, best: Any, test: Mapping[str, float], test_no
         "Its full config is `best_config.yaml` beside this report; the same run from the command line:",
         "",
         "```bash",
-        f"fashion-cnn fit {base}--seed_everything {spec.seed} {settings} {args}".replace("  ", " "),
+        f"fashion-cnn fit {base}--seed_everything {spec.options.seed} {settings} {args}".replace("  ", " "),
         "```",
         "",
     ]

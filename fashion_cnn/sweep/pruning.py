@@ -1,15 +1,16 @@
 """Pruning: the Optuna pruner a sweep uses, and the Lightning callback that stops a pruned trial.
 
-:class:`OptunaPruning` is configured by plain values (storage URL, study name, trial number,
-metric, pruner settings), so it sits in the trial's YAML config like any callback and works in
-whichever process runs the trial. At the end of every validation epoch it reports the metric to the
-trial (step = epochs trained, from 1) and raises :class:`optuna.TrialPruned` when the pruner says so:
-the trial stops right there, before another epoch starts. After the last epoch nothing is left to
-save, so a trial that trained its whole budget is never pruned.
+:class:`OptunaPruning` holds only plain values (storage URL, study name, trial number, metric,
+pruner settings), so it pickles to whichever process runs the trial (a Ray worker) and opens the
+trial there, through the storage. At the end of every validation epoch it reports the metric to the
+trial (step = epochs trained, from 1) and raises :class:`~fashion_cnn.errors.Pruned` when the pruner
+says so: the trial stops right there, before another epoch starts, and the sweep tells Optuna.
+After the last epoch nothing is left to save, so a trial that trained its whole budget is never
+pruned.
 
 Why not optuna-integration's ``PyTorchLightningPruningCallback`` (read for optuna-integration
-5.0.0; it does import ``lightning.pytorch``): it takes a live ``optuna.trial.Trial``, which no
-config file can hold; it only warns, and never prunes, when the metric is missing; and
+5.0.0; it does import ``lightning.pytorch``): it takes a live ``optuna.trial.Trial``, which does
+not travel to another process; it only warns, and never prunes, when the metric is missing; and
 optuna-integration is not a dependency of this package. The part that matters is the ten lines of
 ``on_validation_end`` below. Like it, this callback runs one process per trial (no DDP).
 """
@@ -23,7 +24,7 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from fashion_cnn.sweep.space import SweepError
+from fashion_cnn.errors import Pruned, SweepError
 
 log = logging.getLogger(__name__)
 
@@ -129,19 +130,15 @@ class OptunaPruning(Callback):
                 "judge it; "
                 "use a validation metric the model logs (val/acc, val/loss, val/acc_best)"
             )
-        import optuna
-
         epoch = trainer.current_epoch + 1  # epochs trained so far, this one included
         self._trial.report(float(value), step=epoch)
         if trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch:
             return  # the budget is spent: stopping now would save nothing and lose a complete trial
         if self._trial.should_prune():
             self.pruned_at = epoch
-            # Lightning ends the fit, marks the MLflow run failed and re-raises; the objective
-            # turns that into a pruned trial.
-            raise optuna.TrialPruned(
-                f"pruned at the end of epoch {epoch} ({self.monitor} {float(value):.4f})"
-            )
+            # Lightning ends the fit, marks the MLflow run failed and re-raises; the run's outcome
+            # is "pruned", and the sweep tells Optuna so.
+            raise Pruned(f"pruned at the end of epoch {epoch} ({self.monitor} {float(value):.4f})")
 
 
 __all__ = ["OptunaPruning", "PrunerName", "PrunerSettings", "make_pruner"]

@@ -20,19 +20,15 @@ import yaml
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from fashion_cnn import figures
+from fashion_cnn.errors import RunFailed
+from fashion_cnn.runs.launch import RunSpec, launch
+from fashion_cnn.runs.progress import Progress
+from fashion_cnn.runs.settings import set_dotted
 from fashion_cnn.sweep.markdown import finite, report_markdown, seconds, wall
-from fashion_cnn.sweep.objective import (
-    ATTR_CHECKPOINT,
-    ATTR_REASON,
-    ATTR_RUN,
-    TAG_ROLE,
-    TAG_SWEEP,
-    TAG_TRIAL,
-    set_dotted,
-)
-from fashion_cnn.sweep.progress import SweepProgress
+from fashion_cnn.sweep.search import ATTR_CHECKPOINT, ATTR_REASON, ATTR_RUN
 from fashion_cnn.sweep.spec import SweepSpec
 from fashion_cnn.sweep.storage import shown
+from fashion_cnn.sweep.trials import TAG_ROLE, TAG_SWEEP, TAG_TRIAL
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +39,11 @@ def write_report(
     client: Any,
     parent_id: str,
     command: str | None = None,
-    progress: SweepProgress | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Write the report files, evaluate the best trial on the test set (once), log it all on the
     parent run. Returns the report's path and the summary (also in ``trials.json``)."""
-    progress = progress or SweepProgress()
+    progress = progress or Progress(prunes=True)
     out = spec.output
     out.mkdir(parents=True, exist_ok=True)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -91,14 +87,15 @@ def best_config(spec: SweepSpec, trial: Any) -> dict[str, Any]:
     config.pop("config", None)
     for key, value in trial.params.items():
         set_dotted(config, key, value)
-    config["run_name"] = f"{spec.name}-best"
+    config["run_name"] = f"{spec.options.name}-best"
     return config
 
 
 def _best_config_text(spec: SweepSpec, trial: Any, command: str | None) -> str:
     params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
     header = [
-        f"# Best trial of sweep {spec.name}: trial {trial.number}, {spec.objective} {trial.value:.4f}",
+        f"# Best trial of sweep {spec.options.name}: trial {trial.number}, "
+        f"{spec.options.objective} {trial.value:.4f}",
         f"#           ({params}).",
         f"# Found by: {command or 'fashion-cnn sweep'}",
         f"# Run:      fashion-cnn fit --config {spec.output / 'best_config.yaml'}",
@@ -112,8 +109,11 @@ def evaluate_best(
     spec: SweepSpec, trial: Any, client: Any, parent_id: str, config_path: Path
 ) -> tuple[dict[str, float], str]:
     """The test metrics of the best trial's best checkpoint: from an earlier evaluation of the same
-    trial under this parent, else by running ``fashion-cnn test`` once. Returns (metrics, note)."""
-    from fashion_cnn.study.trial import console_to
+    trial under this parent, else by running ``fashion-cnn test`` once. Returns (metrics, note).
+
+    Raises:
+        RunFailed: The test run failed for a user reason (named, with its log).
+    """
     from fashion_cnn.tracking import resolve_tracking_uri
 
     done = _test_runs(client, parent_id, trial.number)
@@ -126,20 +126,16 @@ def evaluate_best(
             "machine; "
             "the test evaluation is left out (run the report where the trial trained)"
         )
-    from fashion_cnn.experiment import run_cli
-
-    run_id = trial.user_attrs.get(ATTR_RUN)
     experiment_id = client.get_run(parent_id).info.experiment_id
     tags = {
         MLFLOW_PARENT_RUN_ID: parent_id,
-        TAG_SWEEP: spec.name,
+        TAG_SWEEP: spec.options.name,
         TAG_ROLE: "test",
         TAG_TRIAL: str(trial.number),
-        "tested_run": str(run_id),
+        "tested_run": str(trial.user_attrs.get(ATTR_RUN)),
     }
-    run = client.create_run(
-        experiment_id, run_name=f"{spec.name}-best-trial{trial.number:04d}-test", tags=tags
-    )
+    name = f"{spec.options.name}-best-trial{trial.number:04d}-test"
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     config["output_dir"] = str(spec.output / "runs")
     logger = config["trainer"]["logger"]
@@ -149,12 +145,19 @@ def evaluate_best(
         "run_id": run.info.run_id,
     }
     config["trainer"]["enable_progress_bar"] = False
-    test_config = spec.output / "logs" / f"test-trial-{trial.number:04d}.yaml"
-    test_config.parent.mkdir(parents=True, exist_ok=True)
-    test_config.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    with open(test_config.with_suffix(".log"), "a", encoding="utf-8") as stream, console_to(stream):
-        run_cli(["test", "--config", str(test_config), "--ckpt_path", checkpoint])
-    return _test_metrics(client.get_run(run.info.run_id).data.metrics), ""
+    log_file = spec.output / "logs" / f"test-trial-{trial.number:04d}.log"
+    test = RunSpec(
+        (spec.options.name, trial.number, "test"),
+        name,
+        config,
+        str(log_file),
+        subcommand="test",
+        args=("--ckpt_path", checkpoint),
+    )
+    outcome = launch(test)
+    if outcome.state != "finished":
+        raise RunFailed(outcome.error)
+    return _test_metrics(outcome.metrics), ""
 
 
 def _test_runs(client: Any, parent_id: str, number: int) -> list[Any]:
@@ -185,14 +188,14 @@ def _figures(
     drawn, notes = [], []
     pruned = [(t.number, t.value) for t in trials if t.state.name == "PRUNED" and finite(t.value)]
     fig = figures.plot_optimization_history(
-        spec.objective, spec.higher_is_better, [(t.number, t.value) for t in complete], pruned
+        spec.options.objective, spec.higher_is_better, [(t.number, t.value) for t in complete], pruned
     )
     figures.save_figure(fig, out / "optimization_history.png")
     drawn.append("optimization_history.png")
     importances = param_importances(study)
     if importances:
         figures.save_figure(
-            figures.plot_param_importances(spec.objective, importances), out / "param_importances.png"
+            figures.plot_param_importances(spec.options.objective, importances), out / "param_importances.png"
         )
         drawn.append("param_importances.png")
     else:
@@ -208,7 +211,7 @@ def _figures(
             for p in spec.space.params
         ]
         fig = figures.plot_parallel_coordinates(
-            spec.objective, spec.higher_is_better, [t.value for t in complete], axes
+            spec.options.objective, spec.higher_is_better, [t.value for t in complete], axes
         )
         figures.save_figure(fig, out / "parallel_coordinates.png")
         drawn.append("parallel_coordinates.png")
@@ -242,9 +245,9 @@ def _summary(
     spec: SweepSpec, trials: Sequence[Any], counts: Mapping[str, int], best: Any, test: Mapping[str, float]
 ) -> dict[str, Any]:
     return {
-        "name": spec.name,
+        "name": spec.options.name,
         "storage": shown(spec.storage),
-        "objective": spec.objective,
+        "objective": spec.options.objective,
         "direction": spec.direction,
         "counts": dict(counts),
         "wall_s": wall(trials),
@@ -279,7 +282,7 @@ def _log_on_parent(
 ) -> None:
     metrics = {f"trials/{k.lower()}": float(v) for k, v in counts.items()}
     if best is not None:
-        metrics[f"best/{spec.objective}"] = float(best.value)
+        metrics[f"best/{spec.options.objective}"] = float(best.value)
         metrics.update({f"best/{k}": v for k, v in test.items()})
         client.set_tag(parent_id, "best_trial", str(best.number))
         client.set_tag(parent_id, "best_run_id", str(best.user_attrs.get(ATTR_RUN)))

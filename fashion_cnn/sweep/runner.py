@@ -1,46 +1,45 @@
-"""Running a sweep: storage and study, the MLflow parent run, the workers, then the report.
+"""Running a sweep: storage and study, the MLflow parent run, the trials on an executor, the report.
 
 :func:`run_sweep` is the whole life of ``fashion-cnn sweep``. It opens the storage (a database that
 does not answer fails within seconds), creates or reopens the study (refusing a changed space),
-marks trials whose worker died as failed, and brings every trial's MLflow run in line with its
-Optuna state. Then the workers train until the search has ``n_trials`` trials or the timeout
-passes: one in this process, or N spawned processes on the same storage.
+marks trials whose driver died as failed, and brings every trial's MLflow run in line with its
+Optuna state. Then the run layer's executor (serial in this process, or Ray: local, a cluster,
+fractional GPUs) trains trials, asked from Optuna one at a time in this process, until the search
+has ``n_trials`` trials or the timeout passes.
 
 ``n_trials`` is the size of the search, not of one invocation: complete, pruned and running trials
 count toward it (failed ones do not; they are tried again). A rerun of the same command therefore
 continues a stopped search and runs only what is missing; ``--n_trials 40`` on a search of 20 adds
-20 trials. Workers on one machine take turns to count and start a trial, so they never run one too
-many; workers on several machines (one database) count the same trials and may, if two start in the
-same instant, run one extra.
+20 trials. One driver asks for its trials in turn, so it never runs one too many; drivers on several
+machines (one database) count the same trials and may, if two ask in the same instant, run one extra.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fashion_cnn.errors import Interrupted, sigterm_raises
+from fashion_cnn.errors import Interrupted, SweepError, sigterm_raises
+from fashion_cnn.runs import records
+from fashion_cnn.runs.executors import Executor, SerialExecutor
+from fashion_cnn.runs.progress import Progress
 from fashion_cnn.sweep import search
-from fashion_cnn.sweep.objective import (
-    ATTR_RUN,
+from fashion_cnn.sweep.search import ATTR_RUN
+from fashion_cnn.sweep.spec import SweepSpec
+from fashion_cnn.sweep.storage import is_database, open_storage, shown
+from fashion_cnn.sweep.trials import (
+    MAX_FAILURES_IN_A_ROW,
     STATE_STATUS,
     TAG_ROLE,
     TAG_STATE,
     TAG_STORAGE,
     TAG_STUDY,
     TAG_SWEEP,
-    TrialPlan,
+    Trials,
 )
-from fashion_cnn.sweep.progress import SweepProgress
-from fashion_cnn.sweep.space import SweepError
-from fashion_cnn.sweep.spec import SweepSpec
-from fashion_cnn.sweep.storage import is_database, open_storage, shown
-from fashion_cnn.sweep.workers import WorkerPlan, event, run_workers, work
 from fashion_cnn.tracking import prepare_store
 
 log = logging.getLogger(__name__)
@@ -60,20 +59,23 @@ class SweepOutcome:
 
 def run_sweep(
     spec: SweepSpec,
+    executor: Executor | None = None,
     report_only: bool = False,
-    progress: SweepProgress | None = None,
+    progress: Progress | None = None,
     command: str | None = None,
 ) -> SweepOutcome:
     """Run (what is missing of) the sweep ``spec`` and write its report.
 
     Args:
         spec: The checked sweep (:func:`~fashion_cnn.sweep.spec.build_spec`).
+        executor: Where trials train (default: :class:`SerialExecutor`, in this process).
         report_only: Write the report from the trials there are; train nothing.
         progress: Receives the events (default: log lines).
         command: The command line, quoted in the report.
 
     Raises:
         SweepError: The storage does not answer, the study changed, or trials keep failing.
+        ExecutorError: The executor could not start, or lost a run for good.
         Interrupted: Ctrl+C or SIGTERM; finished trials are kept, running ones marked failed.
     """
     import optuna
@@ -82,37 +84,38 @@ def run_sweep(
     from fashion_cnn.sweep.report import write_report
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress reports every trial itself
-    progress = progress or SweepProgress()
+    progress = progress or Progress(prunes=True)
+    executor = executor or SerialExecutor()
     if report_only and not is_database(spec.storage) and not Path(spec.storage).is_file():
         raise SweepError(
-            f"no sweep named {spec.name!r} in {spec.storage} (no such file); run it first "
+            f"no sweep named {spec.options.name!r} in {spec.storage} (no such file); run it first "
             "(without --report_only)"
         )
     storage = open_storage(spec.storage)
     study = search.open_study(spec, storage, create=not report_only)
-    experiment_id = prepare_store(spec.tracking_uri, spec.experiment)
+    experiment_id = prepare_store(spec.tracking_uri, spec.options.experiment)
     client = MlflowClient(spec.tracking_uri)
     dead = search.fail_dead_trials(study, storage, spec.storage)
     if dead:
-        progress.note(f"trials {dead} were left running by a worker that is gone; marked failed")
+        progress.note(f"trials {dead} were left running by a process that is gone; marked failed")
     reconcile_runs(study, client)
-    outcome = SweepOutcome(spec.name, shown(spec.storage), study.user_attrs.get(search.ATTR_PARENT))
+    outcome = SweepOutcome(spec.options.name, shown(spec.storage), study.user_attrs.get(search.ATTR_PARENT))
     if not report_only:
-        todo = None if spec.n_trials is None else spec.n_trials - search.counted(study)
+        todo = None if spec.options.n_trials is None else spec.options.n_trials - search.counted(study)
         progress.note(
-            f"sweep {spec.name}: {search.counted(study)} trials so far in {shown(spec.storage)}, "
+            f"sweep {spec.options.name}: {search.counted(study)} trials so far in {shown(spec.storage)}, "
             + (
-                f"{max(todo, 0)} to run for n_trials {spec.n_trials}"
+                f"{max(todo, 0)} to run for n_trials {spec.options.n_trials}"
                 if todo is not None
                 else "running until the timeout"
             )
         )
         if todo is not None and todo <= 0:
-            progress.note(f"the search has its {spec.n_trials} trials; raise --n_trials to add more")
+            progress.note(f"the search has its {spec.options.n_trials} trials; raise --n_trials to add more")
         else:
-            outcome.parent_run_id = open_parent(study, client, spec, experiment_id)
+            outcome.parent_run_id = open_parent(study, client, spec, experiment_id, executor)
             before = len(study.trials)
-            _train(spec, study, client, experiment_id, outcome.parent_run_id, progress)
+            _train(spec, storage, study, client, outcome.parent_run_id, executor, progress)
             outcome.trials_run = len(study.get_trials(deepcopy=False)) - before
     if outcome.parent_run_id is None:
         progress.note("no trials yet; nothing to report")
@@ -124,56 +127,40 @@ def run_sweep(
     return outcome
 
 
-def open_parent(study: Any, client: Any, spec: SweepSpec, experiment_id: str) -> str:
+def open_parent(study: Any, client: Any, spec: SweepSpec, experiment_id: str, executor: Executor) -> str:
     """The sweep's MLflow parent run (recorded in the study), reopened; or created with its params."""
-    from mlflow.exceptions import MlflowException
-
-    run_id = study.user_attrs.get(search.ATTR_PARENT)
-    if run_id:
-        try:
-            run = client.get_run(run_id)
-            if run.info.lifecycle_stage != "deleted":
-                client.update_run(run_id, status="RUNNING")
-                _tag_settings(client, run_id, spec)
-                return str(run_id)
-        except MlflowException:
-            pass  # another tracking store than the one the parent was made in: make one here
+    o = spec.options
     tags = {
-        TAG_SWEEP: spec.name,
+        TAG_SWEEP: o.name,
         TAG_ROLE: "parent",
-        TAG_STUDY: spec.name,
+        TAG_STUDY: o.name,
         TAG_STORAGE: shown(spec.storage),
-        "mlflow.note.content": f"Optuna sweep **{spec.name}**: {spec.objective} "
+        "mlflow.note.content": f"Optuna sweep **{o.name}**: {o.objective} "
         f"({'higher' if spec.higher_is_better else 'lower'} is better) over "
         + "; ".join(f"`{p.key}` {p.describe()}" for p in spec.space.params),
     }
-    run = client.create_run(experiment_id, run_name=f"sweep-{spec.name}", tags=tags)
-    run_id = str(run.info.run_id)
     # Params never change in MLflow: only what the study itself fixes (a changed one is refused).
     params = {
         "sweep.base": str(spec.base) if spec.base else "defaults",
-        "sweep.objective": f"{spec.objective} ({spec.direction})",
-        "sweep.settings": " ".join(f"{k}={v}" for k, v in spec.settings.items())[:6000] or "none",
-        **{f"sweep.space.{p.key}": p.describe()[:6000] for p in spec.space.params},
+        "sweep.objective": f"{o.objective} ({spec.direction})",
+        "sweep.settings": " ".join(f"{k}={v}" for k, v in spec.settings.items()) or "none",
+        **{f"sweep.space.{p.key}": p.describe() for p in spec.space.params},
     }
-    for key, value in params.items():
-        client.log_param(run_id, key, value)
-    _tag_settings(client, run_id, spec)
-    study.set_user_attr(search.ATTR_PARENT, run_id)
-    return run_id
-
-
-def _tag_settings(client: Any, run_id: str, spec: SweepSpec) -> None:
-    """What may change between invocations: tags, updated every time."""
-    pruner = spec.pruner
+    existing = study.user_attrs.get(search.ATTR_PARENT)
+    run_id = records.open_parent(client, experiment_id, f"sweep-{o.name}", tags, params, existing)
+    # What may change between invocations: tags, updated every time.
     for key, value in {
-        "sweep.n_trials": spec.n_trials,
-        "sweep.timeout_s": spec.timeout,
-        "sweep.sampler": f"{spec.sampler} (seed {spec.seed}, {spec.startup_trials} startup trials)",
-        "sweep.pruner": f"{pruner.name} (from epoch {pruner.from_epoch})",
-        "sweep.workers": spec.workers,
+        "sweep.n_trials": o.n_trials,
+        "sweep.timeout_s": o.timeout,
+        "sweep.sampler": f"{o.sampler} (seed {o.seed}, {o.startup_trials} startup trials)",
+        "sweep.pruner": f"{spec.pruner.name} (from epoch {spec.pruner.from_epoch})",
+        "sweep.workers": executor.slots,
+        "sweep.executor": executor.name,
     }.items():
         client.set_tag(run_id, key, str(value))
+    if run_id != existing:
+        study.set_user_attr(search.ATTR_PARENT, run_id)
+    return run_id
 
 
 def reconcile_runs(study: Any, client: Any) -> None:
@@ -196,55 +183,48 @@ def reconcile_runs(study: Any, client: Any) -> None:
 
 
 def _train(
-    spec: SweepSpec, study: Any, client: Any, experiment_id: str, parent_id: str, progress: SweepProgress
+    spec: SweepSpec,
+    storage: Any,
+    study: Any,
+    client: Any,
+    parent_id: str,
+    executor: Executor,
+    progress: Progress,
 ) -> None:
-    threads = spec.run_cpus
-    if threads is None and spec.workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // spec.workers)
-    trial_plan = TrialPlan(
-        name=spec.name,
-        storage=spec.storage,
-        objective=spec.objective,
-        higher_is_better=spec.higher_is_better,
-        space=spec.space,
-        resolved=spec.resolved,
-        output=str(spec.output),
-        tracking_uri=spec.tracking_uri,
-        experiment_id=experiment_id,
-        parent_run_id=parent_id,
-        pruner=spec.pruner,
-        threads=threads,
-    )
-    plan = WorkerPlan(
-        trial=trial_plan,
-        sampler=spec.sampler,
-        startup_trials=spec.startup_trials,
-        seed=spec.seed,
-        existing=len(study.trials),
-        target=spec.n_trials,
-        deadline=time.time() + spec.timeout if spec.timeout else None,
-    )
-    todo = None if spec.n_trials is None else spec.n_trials - search.counted(study)
-    progress.begin(todo, spec.objective, spec.higher_is_better, spec.workers)
+    o = spec.options
+    sampler = search.make_sampler(o.sampler, o.seed, o.startup_trials, existing=len(study.trials))
+    asking = search.load_with_sampler(o.name, storage, sampler, spec.pruner)
+    trials = Trials(spec, asking, client, parent_id, executor.threads, executor.name, progress)
+    todo = None if o.n_trials is None else o.n_trials - search.counted(study)
     status = "FAILED"
+    executor.prepare(spec.tracking_uri, shared_paths=[spec.storage])
     try:
         with sigterm_raises():
-            if spec.workers == 1:
-                work(plan, 0, None, lambda t: progress.trial_done(event(t)))
-            else:
-                run_workers(plan, spec.workers, study, progress)
+            progress.begin(None if todo is None else [(o.name, "trial")] * todo, executor.slots)
+            executor.run(trials, lambda run: progress.started(run.label), trials.done)
+        if len(trials.failures) >= MAX_FAILURES_IN_A_ROW:
+            reason = asking.trials[trials.failures[-1]].user_attrs.get(search.ATTR_REASON, "see its log")
+            raise SweepError(
+                f"{len(trials.failures)} trials in a row failed (trials {trials.failures}); the search "
+                f"stopped. The last one: {reason}"
+            )
         status = "FINISHED"
     except (KeyboardInterrupt, Interrupted) as exc:
         status = "KILLED"
         sig = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
+        trials.abandon(f"Interrupted: stopped by {sig}", "KILLED")
         raise Interrupted(
             "sweep interrupted; rerun the same command to continue the search (finished trials are kept)", sig
         ) from None
+    except BaseException as exc:
+        trials.abandon(f"{type(exc).__name__}: {exc}", "FAILED")
+        raise
     finally:
+        executor.close()
         progress.end()
         with contextlib.suppress(Exception):  # the store may be what failed
             reconcile_runs(study, client)
-            client.set_terminated(parent_id, status)
+        records.close_parent(client, parent_id, status)
 
 
 __all__ = ["SweepOutcome", "open_parent", "reconcile_runs", "run_sweep"]

@@ -1,5 +1,5 @@
 """The Optuna study behind a sweep: created or reopened and checked against the file, its sampler,
-the trials that count toward the budget, and trials whose worker died.
+the trials that count toward the budget, and trials whose driver died.
 
 A study stores what it searches (the space, and the resolved base config with the fixed settings)
 as user attributes when it is created. Reopened with a different space or settings, the trials
@@ -16,10 +16,9 @@ import socket
 import warnings
 from typing import Any
 
-from fashion_cnn.study.plan import hashable
-from fashion_cnn.sweep.objective import ATTR_REASON, ATTR_WORKER
+from fashion_cnn.errors import SweepError
+from fashion_cnn.runs.settings import hashable
 from fashion_cnn.sweep.pruning import make_pruner
-from fashion_cnn.sweep.space import SweepError
 from fashion_cnn.sweep.spec import SweepSpec
 from fashion_cnn.sweep.storage import is_database, shown
 
@@ -31,6 +30,10 @@ ATTR_SPACE, ATTR_SETTINGS, ATTR_OBJECTIVE = (
     "fashion_cnn.objective",
 )
 ATTR_ENQUEUED, ATTR_PARENT = "fashion_cnn.enqueued", "fashion_cnn.mlflow_parent_run_id"
+# Trial user attributes: where the trial's records are, and who ran it (host:pid of the run's
+# process, and of the driver that asked for it and tells its end).
+ATTR_RUN, ATTR_CHECKPOINT, ATTR_REASON = "mlflow_run_id", "best_checkpoint", "fail_reason"
+ATTR_WORKER, ATTR_DRIVER = "worker", "driver"
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING")  # trials that count toward n_trials (FAIL ones are redone)
 
 
@@ -44,14 +47,15 @@ def open_study(spec: SweepSpec, storage: Any, create: bool = True) -> Any:
     import optuna
 
     try:
-        study = optuna.load_study(study_name=spec.name, storage=storage)
+        study = optuna.load_study(study_name=spec.options.name, storage=storage)
     except KeyError:
         if not create:
             raise SweepError(
-                f"no sweep named {spec.name!r} in {shown(spec.storage)}; run it first (without --report_only)"
+                f"no sweep named {spec.options.name!r} in {shown(spec.storage)}; run it first "
+                "(without --report_only)"
             ) from None
         study = optuna.create_study(
-            study_name=spec.name, storage=storage, direction=spec.direction, load_if_exists=True
+            study_name=spec.options.name, storage=storage, direction=spec.direction, load_if_exists=True
         )
         _record(study, spec)
         return study
@@ -65,7 +69,7 @@ def _record(study: Any, spec: SweepSpec) -> None:
         return
     study.set_user_attr(ATTR_SPACE, spec.space.canonical())
     study.set_user_attr(ATTR_SETTINGS, json.dumps(hashable(spec.resolved), sort_keys=True, default=str))
-    study.set_user_attr(ATTR_OBJECTIVE, spec.objective)
+    study.set_user_attr(ATTR_OBJECTIVE, spec.options.objective)
     for values in spec.enqueue:
         study.enqueue_trial(values, skip_if_exists=True)
     study.set_user_attr(ATTR_ENQUEUED, len(spec.enqueue))
@@ -76,9 +80,9 @@ def check_unchanged(study: Any, spec: SweepSpec) -> None:
     attrs = study.user_attrs
     fix = (
         f"Run the file as it was to continue this search, or start a new one under another name "
-        f"(--name {spec.name}-2; its output goes to a folder of that name)"
+        f"(--name {spec.options.name}-2; its output goes to a folder of that name)"
     )
-    where = f"sweep {spec.name!r} in {shown(spec.storage)}"
+    where = f"sweep {spec.options.name!r} in {shown(spec.storage)}"
     if ATTR_SPACE not in attrs:
         raise SweepError(f"{where} is an Optuna study that fashion-cnn did not create. {fix}")
     if attrs[ATTR_SPACE] != spec.space.canonical():
@@ -86,7 +90,7 @@ def check_unchanged(study: Any, spec: SweepSpec) -> None:
             f"the search space changed since {where} was created ({_space_change(attrs[ATTR_SPACE], spec)}); "
             f"its {len(study.trials)} trials were sampled from the old one. {fix}"
         )
-    if attrs.get(ATTR_OBJECTIVE) != spec.objective or study.direction.name.lower() != spec.direction:
+    if attrs.get(ATTR_OBJECTIVE) != spec.options.objective or study.direction.name.lower() != spec.direction:
         raise SweepError(
             f"the objective changed since {where} was created (it optimises {attrs.get(ATTR_OBJECTIVE)}, "
             f"{study.direction.name.lower()}). {fix}"
@@ -114,10 +118,10 @@ def _space_change(stored: str, spec: SweepSpec) -> str:
     return ", ".join(parts) or "the order of its keys changed"
 
 
-def make_sampler(name: str, seed: int, startup_trials: int, existing: int, worker: int) -> Any:
-    """TPE (or random) seeded from ``seed``, the trials the study had when this run started, and the
-    worker's index: a fresh search with the same seed proposes the same first trials, while a rerun
-    or a second worker does not repeat the first run's proposals."""
+def make_sampler(name: str, seed: int, startup_trials: int, existing: int, worker: int = 0) -> Any:
+    """TPE (or random) seeded from ``seed``, the trials the study had when this run started, and a
+    driver index: a fresh search with the same seed proposes the same first trials, while a rerun
+    does not repeat the first run's proposals."""
     import numpy as np
     import optuna
 
@@ -128,14 +132,14 @@ def make_sampler(name: str, seed: int, startup_trials: int, existing: int, worke
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # multivariate + group: TPE models the keys jointly, each group of keys that appear
         # together (norm_groups only with norm: group) on its own; constant_liar keeps parallel
-        # workers from proposing the same point while the others' trials run.
+        # runs (and drivers) from proposing the same point while the others' trials run.
         return optuna.samplers.TPESampler(
             seed=mixed, n_startup_trials=startup_trials, multivariate=True, group=True, constant_liar=True
         )
 
 
-def load_for_worker(spec_name: str, storage: Any, sampler: Any, pruner_settings: Any) -> Any:
-    """The study as a worker opens it: with its own sampler and the sweep's pruner."""
+def load_with_sampler(spec_name: str, storage: Any, sampler: Any, pruner_settings: Any) -> Any:
+    """The study as the driver asks it for trials: with its sampler and the sweep's pruner."""
     import optuna
 
     return optuna.load_study(
@@ -144,7 +148,7 @@ def load_for_worker(spec_name: str, storage: Any, sampler: Any, pruner_settings:
 
 
 def counted(study: Any) -> int:
-    """Trials that count toward ``n_trials``: complete, pruned, and running (by any worker)."""
+    """Trials that count toward ``n_trials``: complete, pruned, and running (by any driver)."""
     from optuna.trial import TrialState
 
     states = tuple(TrialState[s] for s in COUNTED)
@@ -152,11 +156,12 @@ def counted(study: Any) -> int:
 
 
 def fail_dead_trials(study: Any, storage: Any, storage_url: str) -> list[int]:
-    """Mark FAIL the RUNNING trials whose worker process is gone; returns their numbers.
+    """Mark FAIL the RUNNING trials whose driver process is gone; returns their numbers.
 
     A database storage has heartbeats for this (Optuna's ``fail_stale_trials``). A journal file is
-    used on one machine, so a trial whose worker (``host:pid``, recorded by the objective) was on
-    this host and no longer exists can only be one whose process was killed.
+    used on one machine, so a trial whose driver (``host:pid``: the process that asked for it and
+    tells its end; ``worker`` for trials of older versions) was on this host and no longer exists can
+    only be one whose process was killed.
     """
     import optuna
     from optuna.trial import TrialState
@@ -172,11 +177,12 @@ def fail_dead_trials(study: Any, storage: Any, storage_url: str) -> list[int]:
     failed = []
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker_host, _, pid = str(trial.user_attrs.get(ATTR_WORKER, "")).rpartition(":")
+        owner = trial.user_attrs.get(ATTR_DRIVER, trial.user_attrs.get(ATTR_WORKER, ""))
+        worker_host, _, pid = str(owner).rpartition(":")
         if worker_host != host or not pid.isdigit() or _alive(int(pid)):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_user_attr(trial_id, ATTR_REASON, f"its worker (pid {pid}) ended while it ran")
+        storage.set_trial_user_attr(trial_id, ATTR_REASON, f"its process (pid {pid}) ended while it ran")
         study.tell(trial.number, state=TrialState.FAIL)
         failed.append(trial.number)
     return failed

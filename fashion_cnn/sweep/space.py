@@ -25,14 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fashion_cnn.errors import ConfigError
+from fashion_cnn.errors import SweepError
 
 Scalar = str | int | float | bool | None
 _KEY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
-
-
-class SweepError(ConfigError):
-    """A sweep file, or a sweep's command line or storage, that cannot work; says how to fix it."""
 
 
 @dataclass

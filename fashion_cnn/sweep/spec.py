@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fashion_cnn.configs import resolve_config
-from fashion_cnn.errors import ConfigError
+from fashion_cnn.errors import ConfigError, SweepError
 from fashion_cnn.experiment import ConfigResolver
-from fashion_cnn.study.plan import digest, flatten, hashable, override_args, plain
+from fashion_cnn.runs.settings import as_args, digest, flatten, hashable, plain
 from fashion_cnn.sweep.pruning import PrunerName, PrunerSettings
-from fashion_cnn.sweep.space import SearchSpace, SpaceParam, SweepError, parse_space
+from fashion_cnn.sweep.space import SearchSpace, SpaceParam, parse_space
 from fashion_cnn.sweep.storage import default_storage
 from fashion_cnn.tracking import resolve_tracking_uri
 
@@ -54,26 +54,68 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]*$")
 
 
 @dataclass(frozen=True)
-class SweepSpec:
-    """A checked sweep: what to search, how, for how long, and where its records go."""
+class SweepOptions:
+    """Search hyperparameters with Optuna: each trial a real fit, pruned, resumable, on any executor.
 
-    name: str
+    The one definition of the ``sweep`` command's options (a sweep file is a config of them);
+    :func:`build_spec` checks them.
+
+    Attributes:
+        space: Dotted fit config keys and how to sample each: {type: int|float|categorical, low,
+            high, step, log, choices, when}; e.g. {model.lr: {type: float, low: 1e-4, high: 1e-2,
+            log: true}}. when: {model.norm: group} samples a key only for that value.
+        base: The config every trial starts from (a path, or a packaged one: configs/ultimate.yaml).
+        name: Names the Optuna study, the MLflow runs and the default output folder.
+        objective: The per-epoch validation metric to optimise: val/acc, val/loss or val/acc_best.
+        direction: higher or lower is better (default: the metric's own; the test set is never used).
+        n_trials: Size of the search: a rerun runs what is missing; raise it to add trials.
+        timeout: Seconds after which this invocation starts no new trial.
+        sampler: tpe (seeded, multivariate) or random.
+        startup_trials: Random trials before TPE models the results.
+        pruner: median, hyperband, threshold or none; judges the objective after every epoch.
+        prune_from_epoch: The first epoch at whose end a trial may be pruned (never the last).
+        pruner_startup_trials: median: trials that finish unpruned before it prunes at all.
+        prune_threshold: threshold: the value a trial must reach at every epoch to go on.
+        seed: Seeds the sampler and every trial's training (seed_everything).
+        enqueue: Trials to run first, as {key: value} over the space (e.g. the journal's model).
+        storage: Optuna storage: a journal file path (default <output_dir>/optuna.journal) or a
+            database URL (postgresql://user@host/db) shared by drivers on several machines.
+        output_dir: Report, logs, checkpoints and default storage (default sweeps/<name>).
+        experiment: MLflow experiment of the parent and child runs.
+    """
+
+    space: dict[str, Any]
+    base: str | None = None
+    name: str = "sweep"
+    objective: str = "val/acc"
+    direction: Literal["higher", "lower"] | None = None
+    n_trials: int | None = 20
+    timeout: float | None = None
+    sampler: Literal["tpe", "random"] = "tpe"
+    startup_trials: int = 10
+    pruner: PrunerName = "median"
+    prune_from_epoch: int = 1
+    pruner_startup_trials: int = 5
+    prune_threshold: float | None = None
+    seed: int = 0
+    enqueue: list[dict[str, Any]] | None = None
+    storage: str | None = None
+    output_dir: str | None = None
+    experiment: str = DEFAULT_EXPERIMENT
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A checked sweep: the options as given, and what :func:`build_spec` derived from them."""
+
+    options: SweepOptions
     base: Path | None
     settings: dict[str, Any]  # fixed dotted settings of every trial (after base)
     space: SearchSpace
-    objective: str
     higher_is_better: bool
-    n_trials: int | None
-    timeout: float | None
-    sampler: Literal["tpe", "random"]
-    startup_trials: int
     pruner: PrunerSettings
-    seed: int
-    storage: str
-    workers: int
-    run_cpus: int | None
+    storage: str  # the journal file's absolute path, or the database URL
     output: Path
-    experiment: str
     enqueue: tuple[dict[str, Any], ...]
     resolved: dict[str, Any]  # base + settings + the sweep's own, as fit resolves it
     tracking_uri: str
@@ -83,75 +125,46 @@ class SweepSpec:
         return "maximize" if self.higher_is_better else "minimize"
 
     @property
-    def args(self) -> list[str]:
-        """The CLI arguments every trial shares, after ``--config base``."""
-        return base_args(self.seed, self.objective, self.higher_is_better, self.settings)
-
-    @property
     def trials_hash(self) -> str:
         """Hash of what the trials compute apart from the sampled keys (base and fixed settings)."""
         return digest(hashable(self.resolved))
 
 
-def base_args(seed: int, objective: str, higher: bool, settings: Mapping[str, Any]) -> list[str]:
-    return [
-        f"--seed_everything={seed}",
-        f"--checkpoint.monitor={objective}",
-        f"--checkpoint.mode={'max' if higher else 'min'}",
-        *override_args(settings),
-    ]
-
-
 def build_spec(
-    space: Mapping[str, Any],
-    base: str | None = None,
-    name: str = "sweep",
-    objective: str = "val/acc",
-    direction: Literal["higher", "lower"] | None = None,
-    n_trials: int | None = 20,
-    timeout: float | None = None,
-    sampler: Literal["tpe", "random"] = "tpe",
-    startup_trials: int = 10,
-    pruner: PrunerName = "median",
-    prune_from_epoch: int = 1,
-    pruner_startup_trials: int = 5,
-    prune_threshold: float | None = None,
-    seed: int = 0,
-    storage: str | None = None,
-    workers: int = 1,
-    run_cpus: int | None = None,
-    output_dir: str | None = None,
-    experiment: str = DEFAULT_EXPERIMENT,
-    enqueue: Sequence[Mapping[str, Any]] = (),
-    settings: Mapping[str, Any] | None = None,
-    resolver: ConfigResolver | None = None,
+    options: SweepOptions, settings: Mapping[str, Any] | None = None, resolver: ConfigResolver | None = None
 ) -> SweepSpec:
-    """Check a sweep's settings (the ``sweep`` command's options) and resolve its base config.
+    """Check a sweep's options and fixed settings (``{"trainer.max_epochs": 2}``) and resolve its base.
 
     Raises:
         SweepError: Naming the key, what is wrong and what would work.
     """
-    if not _NAME.match(name):
+    o = options
+    if not _NAME.match(o.name):
         raise SweepError(
-            f"name: {name!r} is not usable; use letters, digits, _ . + - (it names runs and folders)"
+            f"name: {o.name!r} is not usable; use letters, digits, _ . + - (it names runs and folders)"
         )
-    _check_budget(n_trials, timeout, workers, startup_trials)
-    if run_cpus is not None and run_cpus < 1:
-        raise SweepError(f"run_cpus: {run_cpus}; use at least 1 (torch threads per trial)")
-    higher = _objective(objective, direction)
-    checked = parse_space(space)
-    pruner_settings = _pruner(pruner, prune_from_epoch, pruner_startup_trials, prune_threshold, higher)
+    _check_budget(o.n_trials, o.timeout, o.startup_trials)
+    higher = _objective(o.objective, o.direction)
+    checked = parse_space(o.space)
+    pruner_settings = _pruner(
+        o.pruner, o.prune_from_epoch, o.pruner_startup_trials, o.prune_threshold, higher
+    )
     fixed = dict(settings or {})
     for key in [*fixed, *checked.keys]:
         _not_reserved(key, "space" if key in checked.keys else "settings")
     base_path = None
-    if base is not None:
+    if o.base is not None:
         try:
-            base_path = resolve_config(base, "base").resolve()
+            base_path = resolve_config(o.base, "base").resolve()
         except ConfigError as exc:
             raise SweepError(str(exc)) from None
     resolver = resolver or ConfigResolver()
-    args = base_args(seed, objective, higher, fixed)
+    args = [
+        f"--seed_everything={o.seed}",
+        f"--checkpoint.monitor={o.objective}",
+        f"--checkpoint.mode={'max' if higher else 'min'}",
+        *as_args(fixed),
+    ]
     try:
         resolved = resolver.resolve(base_path, args)
     except ConfigError as exc:
@@ -163,27 +176,18 @@ def build_spec(
     )
     for p in checked.params:
         _check_key(resolver, base_path, args, resolved, checked, p)
-    queued = tuple(checked.check_values(dict(e), f"enqueue[{i}]") for i, e in enumerate(enqueue))
-    output = Path(output_dir or Path("sweeps") / name).absolute()
+    queued = tuple(checked.check_values(dict(e), f"enqueue[{i}]") for i, e in enumerate(o.enqueue or ()))
+    output = Path(o.output_dir or Path("sweeps") / o.name).absolute()
     logger_args = (trainer.get("logger") or {}).get("init_args") or {}
     return SweepSpec(
-        name=name,
+        options=o,
         base=base_path,
         settings=fixed,
         space=checked,
-        objective=objective,
         higher_is_better=higher,
-        n_trials=n_trials,
-        timeout=timeout,
-        sampler=sampler,
-        startup_trials=startup_trials,
         pruner=pruner_settings,
-        seed=seed,
-        storage=_storage(storage, output),
-        workers=workers,
-        run_cpus=run_cpus,
+        storage=_storage(o.storage, output),
         output=output,
-        experiment=experiment,
         enqueue=queued,
         resolved=resolved,
         tracking_uri=resolve_tracking_uri(logger_args.get("tracking_uri")),
@@ -195,15 +199,13 @@ def settings_of(groups: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any
     return flatten({group: plain(values) for group, values in groups.items() if values})
 
 
-def _check_budget(n_trials: int | None, timeout: float | None, workers: int, startup_trials: int) -> None:
+def _check_budget(n_trials: int | None, timeout: float | None, startup_trials: int) -> None:
     if n_trials is None and timeout is None:
         raise SweepError("n_trials and timeout are both unset; give the search a budget, e.g. n_trials: 20")
     if n_trials is not None and n_trials < 1:
         raise SweepError(f"n_trials: {n_trials}; use at least 1 (the number of trials the search grows to)")
     if timeout is not None and not timeout > 0:
         raise SweepError(f"timeout: {timeout}; use a number of seconds > 0, or leave it unset")
-    if workers < 1:
-        raise SweepError(f"workers: {workers}; use at least 1 (local processes sharing the storage)")
     if startup_trials < 0:
         raise SweepError(f"startup_trials: {startup_trials}; use 0 or more (random trials before TPE)")
 
@@ -324,4 +326,12 @@ def _json(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-__all__ = ["DEFAULT_EXPERIMENT", "RESERVED", "VALIDATION_METRICS", "SweepSpec", "build_spec", "settings_of"]
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "RESERVED",
+    "VALIDATION_METRICS",
+    "SweepOptions",
+    "SweepSpec",
+    "build_spec",
+    "settings_of",
+]

@@ -19,8 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from fashion_cnn.errors import MissingDependencyError
-from fashion_cnn.sweep.space import SweepError
+from fashion_cnn.errors import MissingDependencyError, SweepError
 
 log = logging.getLogger(__name__)
 

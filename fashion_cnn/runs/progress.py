@@ -1,14 +1,13 @@
-"""How a study tells its user what is happening: a log, or one live progress display.
+"""How a study or sweep tells its user what is happening: a log, or one live progress display.
 
 The runner calls a :class:`Progress`; the library default logs, the console passes a
-:class:`ConsoleProgress` (tqdm): one bar with runs done, running, failed and left and a time
-estimate, and one line above it per finished run with its metrics.
+:class:`ConsoleProgress` (tqdm): one bar with runs done, (pruned,) running, failed and left and a
+time estimate, and one line above it per finished run with what it measured.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
@@ -68,10 +67,16 @@ class Estimator:
 
 
 class Progress:
-    """Receives the events of a study run; this base class logs them."""
+    """Receives the events of a study or sweep run; this base class logs them.
 
-    def __init__(self) -> None:
-        self.total = self.done = self.running = self.failed = 0
+    Args:
+        prunes: Whether runs can be pruned (a sweep): the status then counts them.
+    """
+
+    def __init__(self, prunes: bool = False) -> None:
+        self.prunes = prunes
+        self.total: int | None = 0
+        self.done = self.pruned = self.running = self.failed = 0
         self.estimator = Estimator(1)
         self._remaining: list[tuple[tuple[str, str], float]] = []
 
@@ -83,16 +88,19 @@ class Progress:
 
     def begin(
         self,
-        remaining: Sequence[tuple[str, str]],
+        remaining: Sequence[tuple[str, str]] | None,
         slots: int,
         budgets: Mapping[tuple[str, str], float] | None = None,
         kept: Sequence[float] | None = None,
     ) -> None:
-        """Training starts: ``remaining`` (study, variant) pairs, one per run, ``slots`` runs at
-        once, each pair's budget (training images per run) and, per run, the seconds it already
-        trained before it was stopped (``kept``; 0 for a fresh run), for the time estimate."""
-        self.total, self.done, self.running, self.failed = len(remaining), 0, 0, 0
-        self._remaining = list(zip(remaining, kept or [0.0] * len(remaining), strict=True))
+        """Training starts: ``remaining`` (study, variant) pairs, one per run (None: as many as
+        fit in a time limit), ``slots`` runs at once, each pair's budget (training images per run)
+        and, per run, the seconds it already trained before it was stopped (``kept``; 0 for a
+        fresh run), for the time estimate."""
+        runs = list(remaining or [])
+        self.total = None if remaining is None else len(runs)
+        self.done = self.pruned = self.running = self.failed = 0
+        self._remaining = list(zip(runs, kept or [0.0] * len(runs), strict=True))
         self.estimator = Estimator(slots, budgets)
         self._open()
 
@@ -101,23 +109,29 @@ class Progress:
         self._refresh()
 
     def finished(
-        self, key: tuple[str, str], label: str, seconds: float, metrics: str, kept: float = 0.0
+        self,
+        key: tuple[str, str],
+        label: str,
+        seconds: float,
+        metrics: str,
+        kept: float = 0.0,
+        state: str = "done",
     ) -> None:
-        """A run of ``key`` finished after ``seconds``, and ``kept`` seconds it trained before it
-        was stopped and continued."""
+        """A run of ``key`` ended ``state`` (done, pruned or failed) after ``seconds``, and ``kept``
+        seconds it trained before it was stopped and continued."""
         self.running = max(0, self.running - 1)
-        self.done += 1
-        self.estimator.record(key, seconds + kept)
+        if state == "pruned":
+            self.pruned += 1
+        elif state == "failed":
+            self.failed += 1
+        else:
+            self.done += 1
+        if state != "failed":
+            self.estimator.record(key, seconds + kept)
         if (key, kept) in self._remaining:  # the runner passes the same kept seconds as to begin()
             self._remaining.remove((key, kept))
         took = duration(seconds) + (f" ({duration(seconds + kept)} with its earlier part)" if kept else "")
-        self.note(f"{label} done in {took}  {metrics} | {self.status()}")
-        self._refresh()
-
-    def attempt_failed(self, label: str, message: str) -> None:
-        """A run failed; ``message`` says whether it is retried."""
-        self.failed += 1
-        self.note(f"{label} failed: {message}")
+        self.note(f"{label} {state} in {took}  {metrics} | {self.status()}")
         self._refresh()
 
     def end(self) -> None:
@@ -125,11 +139,18 @@ class Progress:
 
     # ---- helpers
 
+    @property
+    def ended(self) -> int:
+        return self.done + self.pruned + self.failed
+
     def status(self) -> str:
-        left = self.total - self.done
-        text = f"{self.done} done, {self.running} running, {self.failed} failed, {left} left"
+        counts = [f"{self.done} done", *([f"{self.pruned} pruned"] if self.prunes else [])]
+        text = ", ".join([*counts, f"{self.running} running", f"{self.failed} failed"])
+        if self.total is None:
+            return text
+        left = max(0, self.total - self.ended)
         eta = self.estimator.left(self._remaining)
-        return text + (f", ~{duration(eta)} to go" if eta is not None and left else "")
+        return text + f", {left} left" + (f", ~{duration(eta)} to go" if eta is not None and left else "")
 
     def _open(self) -> None:
         """Training starts: open the display (the base class has none)."""
@@ -139,31 +160,43 @@ class Progress:
 
 
 class ConsoleProgress(Progress):
-    """One live tqdm bar on ``file`` (the console's stderr), lines printed above it."""
+    """One live tqdm bar on ``file`` (the console's stderr), lines printed above it.
 
-    def __init__(self, file: IO[str]) -> None:
-        super().__init__()
+    Args:
+        file: Where it writes (the console's stderr).
+        name: The command (``study``, ``sweep``): the bar's label and every line's prefix.
+        prunes: As for :class:`Progress`.
+    """
+
+    def __init__(self, file: IO[str], name: str = "study", prunes: bool = False) -> None:
+        super().__init__(prunes)
         self.file = file
+        self.name = name
         self.bar: Any = None
-        self._start = time.monotonic()
 
     def note(self, line: str) -> None:
         if self.bar is not None:
-            self.bar.write(f"study: {line}", file=self.file)
+            self.bar.write(f"{self.name}: {line}", file=self.file)
         else:
-            self.file.write(f"study: {line}\n")
+            self.file.write(f"{self.name}: {line}\n")
             self.file.flush()
 
     def _open(self) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=self.total, file=self.file, unit="run", dynamic_ncols=True, desc="study")
+        self.bar = tqdm(total=self.total, file=self.file, unit="run", dynamic_ncols=True, desc=self.name)
         self._refresh()
 
     def finished(
-        self, key: tuple[str, str], label: str, seconds: float, metrics: str, kept: float = 0.0
+        self,
+        key: tuple[str, str],
+        label: str,
+        seconds: float,
+        metrics: str,
+        kept: float = 0.0,
+        state: str = "done",
     ) -> None:
-        super().finished(key, label, seconds, metrics, kept)
+        super().finished(key, label, seconds, metrics, kept, state)
         if self.bar is not None:
             self.bar.update(1)
 

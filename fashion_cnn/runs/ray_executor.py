@@ -1,12 +1,13 @@
-"""Trials as Ray tasks: on a local Ray started for the study, or on an existing cluster.
+"""Runs as Ray tasks: on a local Ray started for the study or sweep, or on an existing cluster.
 
-Each trial is one task declaring ``run_cpus`` CPUs and ``run_gpus`` GPUs (fractions share a GPU);
+Each run is one task declaring ``run_cpus`` CPUs and ``run_gpus`` GPUs (fractions share a GPU);
 Ray places, schedules and retries them (``max_retries`` times when a worker process or node dies;
-an error raised by the run itself is not retried). The task sets torch's threads to its CPUs,
+a run that fails for a user reason is an outcome, never retried). The task sets torch's threads to its CPUs,
 since Ray's resources are logical and torch would otherwise use every core.
 
-Runs on several machines must log to an MLflow tracking server: :meth:`RayExecutor.prepare` says
-so before any run starts when the cluster has more than one node and the store is a local file.
+Runs on several machines must log to an MLflow tracking server (and a sweep's trials must share a
+database, not a local journal file): :meth:`RayExecutor.prepare` says so before any run starts
+when the cluster has more than one node.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from fashion_cnn.errors import ExecutorError, Interrupted, MissingDependencyError
-from fashion_cnn.study.executors import OnDone, OnStart
-from fashion_cnn.study.trial import Trial, TrialFailed, run_trial
+from fashion_cnn.runs.executors import OnDone, OnStart
+from fashion_cnn.runs.launch import RunSpec, launch
 from fashion_cnn.tracking import is_server
 
 log = logging.getLogger(__name__)
@@ -103,11 +104,11 @@ class _SignalFlag:
 
 
 class RayExecutor:
-    """Runs trials as Ray tasks.
+    """Runs runs as Ray tasks.
 
     Args:
         address: An existing cluster (``auto``, ``host:port``, ``ray://host:port``); None starts a
-            local Ray for the study and stops it afterwards.
+            local Ray for this command and stops it afterwards.
         workers: Runs at once. Local Ray: it gets ``workers × run_cpus`` CPUs (default: all cores).
             A cluster: at most this many tasks are in flight (default: as many as its resources take).
         run_cpus: CPUs (and torch threads) per run.
@@ -135,13 +136,13 @@ class RayExecutor:
         self._ray: Any = None
         self._sigterm: Any = None  # the process's SIGTERM handler before ray.init replaced it
 
-    def prepare(self, tracking_uri: str) -> None:
-        """Start or join Ray, then check the cluster can run the trials as configured.
+    def prepare(self, tracking_uri: str, shared_paths: Iterable[str] = ()) -> None:
+        """Start or join Ray, then check the cluster can run the runs as configured.
 
         Raises:
             MissingDependencyError: Ray is not installed.
             ExecutorError: The address does not answer, no node is big enough for one run, or a
-                multi-node cluster would log to a local file store.
+                multi-node cluster would log to a local file store or share a local file.
         """
         ray = import_ray()
         if self.address not in (None, "auto"):
@@ -201,6 +202,14 @@ class RayExecutor:
                 "'On a cluster') and pass its URL as MLFLOW_TRACKING_URI or "
                 "--trainer.logger.init_args.tracking_uri."
             )
+        local = [p for p in shared_paths if "://" not in p]
+        if len(nodes) > 1 and local:
+            self.close()
+            raise ExecutorError(
+                f"the Ray cluster has {len(nodes)} nodes, but the runs would share {local[0]}, a file only "
+                "this machine can reach. Use a database every node reaches, e.g. --storage "
+                "postgresql://user@host/db (docs/sweeps.md)."
+            )
         capacity = sum(self._fits(c, g) for c, g in zip(cpus, gpus, strict=True))
         self.slots = max(1, min(self.workers or capacity, capacity))
         log.info(
@@ -218,49 +227,56 @@ class RayExecutor:
         by_gpu = math.floor(gpus / self.run_gpus + 1e-9) if self.run_gpus else by_cpu
         return min(by_cpu, by_gpu)
 
-    def run(self, trials: Sequence[Trial], on_start: OnStart, on_done: OnDone) -> None:
+    def run(self, runs: Iterable[RunSpec], on_start: OnStart, on_done: OnDone) -> None:
         ray = self._ray
         from ray.exceptions import RayTaskError, TaskCancelledError
 
-        task = ray.remote(run_trial).options(
+        task = ray.remote(launch).options(
             num_cpus=self.run_cpus,
             num_gpus=self.run_gpus,
             max_retries=self.max_retries,
-            retry_exceptions=False,  # a run's own error (a bad setting) fails the same way again
+            retry_exceptions=False,  # only a lost worker or node is retried
         )
-        queue = list(trials)
-        pending: dict[Any, Trial] = {}
+        queue = iter(runs)
+        pending: dict[Any, RunSpec] = {}
         stop = _SignalFlag()
+        exhausted = False
         try:
-            while queue or pending:
+            while not exhausted or pending:
                 if stop.name is not None:
                     raise Interrupted(f"stopped by {stop.name}", stop.name)
-                # Keep at most `slots` tasks in flight, so "running" means running, not queued.
-                while queue and len(pending) < self.slots:
-                    trial = queue.pop(0)
-                    pending[task.remote(trial)] = trial
-                    on_start(trial)
+                # Keep at most `slots` tasks in flight, so "running" means running, not queued; the
+                # next run is asked for only now, so it can depend on the outcomes so far.
+                while not exhausted and len(pending) < self.slots:
+                    spec = next(queue, None)
+                    if spec is None:
+                        exhausted = True
+                        break
+                    pending[task.remote(spec)] = spec
+                    on_start(spec)
+                if not pending:
+                    break
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    trial = pending.pop(ref)
+                    spec = pending.pop(ref)
                     try:
-                        result = ray.get(ref)
+                        outcome = ray.get(ref)
                     except RayTaskError as exc:
                         cause = exc.cause if isinstance(exc.cause, Exception) else exc
-                        if isinstance(cause, (TrialFailed, Interrupted)):
+                        if isinstance(cause, Interrupted):
                             raise cause from None
                         raise ExecutorError(
-                            f"{trial.label} failed on Ray: {type(cause).__name__}: {cause}"
+                            f"{spec.label} failed on Ray: {type(cause).__name__}: {cause}"
                         ) from None
                     except TaskCancelledError:
-                        raise Interrupted(f"{trial.label} was cancelled") from None
+                        raise Interrupted(f"{spec.label} was cancelled") from None
                     except ray.exceptions.RayError as exc:  # worker or node died, retries exhausted
                         raise ExecutorError(
-                            f"{trial.label}: Ray lost the run {self.max_retries + 1} times "
+                            f"{spec.label}: Ray lost the run {self.max_retries + 1} times "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                            f"see its log {trial.log_file}"
+                            f"see its log {spec.log_file}"
                         ) from None
-                    on_done(trial, result)
+                    on_done(spec, outcome)
         finally:
             stop.restore()
             for ref in pending:
