@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -64,6 +65,13 @@ def ray_head(num_cpus: int = 2) -> Iterator[str]:
     port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="fashion-cnn-ray-"))
     log = folder / "ray-start.log"
+    token_set = {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ)
+    if not token_set and not (Path.home() / ".ray" / "auth_token").is_file():
+        # `ray start` clusters use token authentication: on a fresh machine there is no token yet,
+        # so the test makes one of its own (as `ray get-auth-token --generate` would), in its folder.
+        token = folder / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     with open(log, "w") as out:
         head = subprocess.Popen(
@@ -100,6 +108,8 @@ def ray_head(num_cpus: int = 2) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
+        if not token_set and os.environ.get("RAY_AUTH_TOKEN_PATH", "").startswith(str(folder)):
+            del os.environ["RAY_AUTH_TOKEN_PATH"]
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -7,11 +7,35 @@ time estimate, and one line above it per finished run with what it measured.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 log = logging.getLogger(__name__)
+
+
+def now() -> str:
+    """The time a report is generated, as reports show it: ``2026-12-05 13:20 UTC``."""
+    import datetime
+
+    return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def shown_path(path: str | Path | None) -> str:
+    """A path as reports show it: a packaged config as ``configs/<name>``, else relative to the
+    working directory if inside it, else from a ``configs`` folder on; ``–`` for none."""
+    from fashion_cnn.configs import packaged_root
+
+    if path is None:
+        return "–"
+    full = Path(path).resolve()
+    for root, prefix in ((packaged_root().resolve(), "configs/"), (Path.cwd(), "")):
+        with contextlib.suppress(ValueError):
+            return prefix + str(full.relative_to(root))
+    parts = full.parts
+    return str(Path(*parts[parts.index("configs") :])) if "configs" in parts else str(full)
 
 
 def duration(seconds: float) -> str:

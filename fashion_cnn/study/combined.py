@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from fashion_cnn._io import atomic_write
-from fashion_cnn.runs.progress import duration
+from fashion_cnn.runs.progress import duration, now
+from fashion_cnn.runs.progress import shown_path as rel
 from fashion_cnn.runs.records import TAG_EXECUTOR, TAG_REUSED, run_seconds
 from fashion_cnn.study import compare
 from fashion_cnn.study.plan import TRAIN_IMAGES, StudyPlan, identical_variants, images_per_run
@@ -19,8 +20,6 @@ from fashion_cnn.study.report import (
     claim_sentences,
     claims_table,
     fmt_int,
-    now,
-    rel,
     results_json,
     results_table,
 )

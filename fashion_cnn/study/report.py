@@ -8,7 +8,6 @@ trained them.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import math
@@ -20,7 +19,8 @@ from typing import Any
 
 from fashion_cnn import figures
 from fashion_cnn.runs import records
-from fashion_cnn.runs.progress import duration
+from fashion_cnn.runs.progress import duration, now
+from fashion_cnn.runs.progress import shown_path as rel
 from fashion_cnn.runs.settings import as_args, hashable
 from fashion_cnn.study.claims import Claim
 from fashion_cnn.study.plan import StudyPlan, identical_variants
@@ -414,19 +414,3 @@ def results_json(plan: StudyPlan, results: StudyResults) -> dict[str, Any]:
 
 def fmt_int(value: Any) -> str:
     return "–" if value is None else f"{int(value):,}"
-
-
-def rel(path: Path | None) -> str:
-    """A path relative to the working directory, else from its ``configs`` folder on."""
-    if path is None:
-        return "–"
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        parts = path.parts
-        return str(Path(*parts[parts.index("configs") :])) if "configs" in parts else str(path)
-
-
-def now() -> str:
-    return _dt.datetime.now().strftime("%Y-%m-%d %H:%M")

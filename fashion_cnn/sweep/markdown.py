@@ -5,15 +5,13 @@ Plain text from plain values: :mod:`fashion_cnn.sweep.report` gathers them and w
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from fashion_cnn.runs.progress import duration
+from fashion_cnn.runs.progress import duration, now, shown_path
 from fashion_cnn.sweep.spec import SweepSpec
 from fashion_cnn.sweep.storage import shown
 
@@ -47,13 +45,13 @@ def report_markdown(
         "",
         f"Optuna study `{spec.options.name}` in `{shown(spec.storage)}`; MLflow parent run `{parent_id}` in "
         "experiment "
-        f"`{spec.options.experiment}` (`{spec.tracking_uri}`). Generated {_now()}.",
+        f"`{spec.options.experiment}` (`{spec.tracking_uri}`). Generated {now()}.",
         "",
         "## Search",
         "",
         f"- objective: `{o.objective}`, {word} is better, the best epoch of each trial (the test set is "
         "never looked at during the search)",
-        f"- base config: `{_rel(spec.base) if spec.base else 'defaults'}`; fixed settings: "
+        f"- base config: `{shown_path(spec.base) if spec.base else 'defaults'}`; fixed settings: "
         + (", ".join(f"`{k}={v}`" for k, v in spec.settings.items()) or "none"),
         f"- budget per trial: {epochs} epoch{'s' if epochs != 1 else ''}; search size: "
         + (f"{o.n_trials} trials" if o.n_trials else "until the timeout")
@@ -113,7 +111,7 @@ def _best_section(spec: SweepSpec, best: Any, test: Mapping[str, float], test_no
         return ["## Best trial", "", "No trial is complete yet.", ""]
     args = " ".join(f"--{k} {shlex.quote(_exact(v))}" for k, v in best.params.items())
     settings = " ".join(f"--{k} {shlex.quote(_exact(v))}" for k, v in spec.settings.items())
-    base = f"--config {_rel(spec.base)} " if spec.base else ""
+    base = f"--config {shown_path(spec.base)} " if spec.base else ""
     lines = [
         "## Best trial",
         "",
@@ -162,24 +160,6 @@ def _cell(value: Any) -> str:
 
 def _exact(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
-
-
-def _rel(path: Path | None) -> str:
-    """A packaged config as ``configs/<name>``, else relative to the working directory if inside it."""
-    from fashion_cnn.configs import packaged_root
-
-    if path is None:
-        return ""
-    for root, prefix in ((packaged_root().resolve(), "configs/"), (Path.cwd(), "")):
-        try:
-            return prefix + str(path.resolve().relative_to(root))
-        except ValueError:
-            continue
-    return str(path)
-
-
-def _now() -> str:
-    return _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
 __all__ = ["FIGURES", "finite", "report_markdown", "seconds", "wall"]
