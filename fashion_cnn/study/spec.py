@@ -9,9 +9,6 @@ that name real variants, configs that exist) is checked next, naming the key and
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,10 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from jsonargparse import ArgumentParser
 
 from fashion_cnn.configs import resolve_config
 from fashion_cnn.errors import ConfigError, StudyError
+from fashion_cnn.runs.settings import typed
 from fashion_cnn.study.claims import Claim, Metric, is_number, parse_claim
 
 DEFAULT_SEEDS = 3
@@ -231,41 +228,16 @@ def load_study(path: str | Path) -> Study:
 
 def _typed(schema: type, raw: Mapping[str, Any], where: str) -> Any:
     """``raw`` as an instance of the dataclass ``schema``, type-checked by jsonargparse."""
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    for key in raw:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(fields)}"
-            raise StudyError(f"{where}: unknown key {key!r}; {hint}")
-    for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and name not in raw:
-            raise StudyError(f"{where}: {name}: missing; {_missing_hint(schema, name)}")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(schema, as_positional=False)
-    try:
-        # A deep copy: jsonargparse converts nested values in place, and the items are typed later.
-        given = copy.deepcopy({k: v for k, v in raw.items() if v is not None or k in _NULLABLE})
-        parsed = parser.parse_object(given)
-    except Exception as exc:  # jsonargparse's ArgumentError: 'Parser key "seeds": ...'
-        message = " ".join(str(exc).split())
-        match = re.match(r'Parser key "([^"]+)":\s*(.*)', message)
-        key, text = (str(match.group(1)), str(match.group(2))) if match else ("", message)
-        fix = _HINTS.get(key.split(".")[0]) if schema is not ClaimFile else None
-        raise StudyError(f"{where}: {key}: {text}" + (f"; write {fix}" if fix else "")) from None
-    return schema(**{name: parsed.get(name) for name in fields if name in parsed})
+    fixes = _HINTS if schema is not ClaimFile else None
+    return typed(schema, raw, where, StudyError, "key", _MISSING, fixes, ("name", "title", "base", "config"))
 
 
-_NULLABLE = ("name", "title", "base", "config")
-
-
-def _missing_hint(schema: type, name: str) -> str:
-    return {
-        "hypothesis": "state what the study tests, in words",
-        "variants": "give a list of variants, each with a name and overrides",
-        "name": "give each variant a name",
-        "claim": "write the checkable claim, e.g. 'a beats b on test/loss'",
-    }.get(name, f"see {schema.__name__} in docs/studies.md")
+_MISSING = {
+    "hypothesis": "state what the study tests, in words",
+    "variants": "give a list of variants, each with a name and overrides",
+    "name": "give each variant a name",
+    "claim": "write the checkable claim, e.g. 'a beats b on test/loss'",
+}
 
 
 def _variant(item: Any, i: int, path: Path, metric_names: set[str], before: Sequence[Variant]) -> Variant:

@@ -15,9 +15,6 @@ keys is the sweep spec's job (:mod:`fashion_cnn.sweep.spec`), through the CLI's 
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import difflib
 import json
 import math
 import re
@@ -26,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fashion_cnn.errors import SweepError
+from fashion_cnn.runs.settings import typed
 
 Scalar = str | int | float | bool | None
 _KEY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
@@ -201,36 +199,8 @@ def _typed(entry: Any, where: str) -> Param:
         entry = entry.as_dict()
     if not isinstance(entry, Mapping):
         raise SweepError(f"{where}: write a mapping like {{type: float, low: 0.0, high: 0.5}}")
-    fields = [f.name for f in dataclasses.fields(Param)]
-    for name in entry:
-        if name not in fields:
-            close = difflib.get_close_matches(str(name), fields, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(fields)}"
-            raise SweepError(f"{where}: unknown field {name!r}; {hint}")
-    if "type" not in entry:
-        raise SweepError(f"{where}: type: missing; write int, float or categorical")
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(Param, as_positional=False)
-    try:
-        parsed = parser.parse_object(copy.deepcopy(dict(entry)))
-    except Exception as exc:  # jsonargparse's ArgumentError: 'Parser key "low": ...'
-        message = " ".join(str(exc).split())
-        match = re.match(r'Parser key "([^"]+)":\s*(.*)', message)
-        key, text = (match.group(1) + ": ", match.group(2)) if match else ("", message)
-        raise SweepError(f"{where}: {key}{_short(text)}") from None
-    return Param(**{f: parsed.get(f) for f in fields})
-
-
-def _short(text: str) -> str:
-    """jsonargparse's union report ("Does not validate against any of the Union subtypes ...") as
-    ``expected float, got 'abc'``."""
-    given = re.search(r"Given value: (.*)$", text)
-    expected = re.search(r"Expected a <class '(\w+)'>", text)
-    if given and expected:
-        return f"expected {expected.group(1)}, got {given.group(1)!r}"
-    return text
+    missing = {"type": "write int, float or categorical"}
+    return typed(Param, dict(entry), where, SweepError, "field", missing, nullable=tuple(entry), shorten=True)
 
 
 def _check(key: str, p: Param, before: Sequence[SpaceParam], where: str) -> SpaceParam:
