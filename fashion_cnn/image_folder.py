@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ __all__ = ["ImageFolderDataModule", "ImageFolderError", "decode_images", "find_c
 log = logging.getLogger(__name__)
 
 SUFFIXES = "/".join(IMAGE_SUFFIXES)  # for messages: .png/.jpg/.jpeg
+_TORCHVISION_IO_DEPRECATED = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,27 @@ def _decode_reason(error: Exception) -> str:
     return re.sub(r"^\w+, \S+:\d+, ", "", text)
 
 
+def _decode(path: str, channels: int) -> torch.Tensor:
+    """One file as uint8 (channels, H, W), upright by its EXIF orientation."""
+    size = os.stat(path).st_size
+    if size > MAX_FILE_BYTES:
+        raise ImageFolderError(
+            f"{path}: file of {size} bytes exceeds the {MAX_FILE_BYTES}-byte limit; shrink the "
+            "image or remove it"
+        )
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    try:
+        image = decode_image(path, mode=mode, apply_exif_orientation=True)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ImageFolderError(
+            f"{path}: not a readable image ({_decode_reason(e)}); replace it with a valid "
+            f"{SUFFIXES} file or delete it"
+        ) from e
+    if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
+        image = tvf.to_dtype(image, torch.uint8, scale=True)
+    return image
+
+
 def decode_images(
     paths: list[str], channels: int, image_size: int
 ) -> tuple[torch.Tensor, Counter[tuple[int, int]]]:
@@ -106,26 +129,15 @@ def decode_images(
     Raises:
         ImageFolderError: Naming the first file that is too large or cannot be decoded.
     """
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     out = torch.empty((len(paths), channels, image_size, image_size), dtype=torch.uint8)
     groups: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
-    for i, path in enumerate(paths):
-        size = os.stat(path).st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageFolderError(
-                f"{path}: file of {size} bytes exceeds the {MAX_FILE_BYTES}-byte limit; shrink "
-                "the image or remove it"
-            )
-        try:
-            image = decode_image(path, mode=mode, apply_exif_orientation=True)
-        except (RuntimeError, ValueError, OSError) as e:
-            raise ImageFolderError(
-                f"{path}: not a readable image ({_decode_reason(e)}); replace it with a valid "
-                f"{SUFFIXES} file or delete it"
-            ) from e
-        if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
-            image = tvf.to_dtype(image, torch.uint8, scale=True)
-        groups.setdefault((image.shape[-2], image.shape[-1]), []).append((i, image))
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecated its image codecs in favour of TorchCodec (not a dependency
+        # here) and warns on every call; this function is the one place to switch.
+        warnings.filterwarnings("ignore", _TORCHVISION_IO_DEPRECATED, DeprecationWarning)
+        for i, path in enumerate(paths):
+            image = _decode(path, channels)
+            groups.setdefault((image.shape[-2], image.shape[-1]), []).append((i, image))
     for (height, width), members in groups.items():
         rows = torch.tensor([i for i, _ in members])
         batch = torch.stack([image for _, image in members])
