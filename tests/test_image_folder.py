@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from _cli_args import QUIET_TRAINER
+from lightning.pytorch.cli import LightningArgumentParser
 from PIL import Image
 from torchvision.io import write_png
 
@@ -409,3 +410,22 @@ def test_predict_dir_is_decoded_like_the_training_images(folder, tmp_path):
     images, index = next(iter(dm.predict_dataloader()))
     assert images.shape == (2, 1, 14, 14) and index.tolist() == [0, 1]
     assert abs(int(images[0, 0, 7, 7]) - 100) <= 3 and int(images[1, 0, 7, 7]) == 200
+
+
+def test_a_config_selects_it_by_class_path(folder):
+    """The form ``data: {class_path: fashion_cnn.ImageFolderDataModule, init_args: {...}}`` parses
+    through Lightning's parser in subclass mode, typed from the signature, and instantiates."""
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
+    config = parser.parse_string(
+        "data:\n"
+        "  class_path: fashion_cnn.ImageFolderDataModule\n"
+        f"  init_args: {{root: {folder}, channels: 3, image_size: 16, val_size: 0.25}}\n"
+    )
+    dm = parser.instantiate(config).data
+    assert isinstance(dm, ImageFolderDataModule)
+    assert dm.input_shape == (3, 16, 16) and dm.hparams.val_size == 0.25
+    config = parser.parse_args(["--data=ImageFolderDataModule", f"--data.root={folder}", "--data.val_size=5"])
+    assert config.data.init_args.val_size == 5 and isinstance(config.data.init_args.val_size, int)
+    with pytest.raises(Exception, match="channels"):
+        parser.parse_args(["--data=ImageFolderDataModule", f"--data.root={folder}", "--data.channels=2"])
