@@ -1,10 +1,11 @@
 """Benchmark: ImageFolderDataModule's decode + setup time on a generated folder of PNG images.
 
 Writes ``--images`` random PNGs (10 classes, ``--size`` pixels square, gray or ``--rgb``) into a
-temporary ``train/<class>/`` folder plus a fifth as many into ``test/<class>/``, then times, cold
-(a fresh datamodule each time), ``setup(None)``: listing, decoding with torchvision, resizing to
-``--image-size``, the seeded split, and reading ``input_mean`` (the training split's statistics).
-One training epoch through ``train_dataloader()`` is timed too.
+temporary ``train/<class>/`` folder plus a fifth as many into ``test/<class>/``, then times
+``setup(None)`` on a fresh datamodule: listing, decoding with torchvision and resizing to
+``--image-size`` (``cache=False``) or loading the decoded-tensor cache (``cache=True``), the
+seeded split, and reading ``input_mean`` (the training split's statistics). One training epoch
+through ``train_dataloader()`` is timed too.
 
 Run from the repository root:  python3 benchmarks/bench_image_folder.py [--images 2000] [--repeats 5]
 """
@@ -61,24 +62,33 @@ def main() -> None:
         write_folder(root, args.images, args.size, args.rgb)
         took = time.perf_counter() - start
         print(f"wrote {args.images} + {args.images // 5} PNGs of {args.size}x{args.size} in {took:.2f} s")
-        setups, epochs = [], []
+        os.environ["FASHION_CNN_DATA_DIR"] = str(root / "data_dir")  # the cache stays in tmp
+        channels = 3 if args.rgb else 1
+        n = args.images + args.images // 5
+        timings: dict[bool, list[float]] = {False: [], True: []}
+        epochs = []
+        ImageFolderDataModule(str(root), channels=channels, image_size=args.image_size).setup(None)  # fill
         for _ in range(args.repeats):
-            dm = ImageFolderDataModule(str(root), channels=3 if args.rgb else 1, image_size=args.image_size)
-            start = time.perf_counter()
-            dm.setup(None)
-            _ = dm.input_mean
-            setups.append(time.perf_counter() - start)
+            for cache in (False, True):
+                dm = ImageFolderDataModule(
+                    str(root), channels=channels, image_size=args.image_size, cache=cache
+                )
+                start = time.perf_counter()
+                dm.setup(None)
+                _ = dm.input_mean
+                timings[cache].append(time.perf_counter() - start)
             start = time.perf_counter()
             for _batch in dm.train_dataloader():
                 pass
             epochs.append(time.perf_counter() - start)
-        n = args.images + args.images // 5
-        median = statistics.median(setups)
         shape = tuple(dm.train_set.images.shape[1:])
-        print(
-            f"setup(None) + statistics, {n} images -> {shape}: median {median:.3f} s "
-            f"({n / median:,.0f} images/s; runs: {', '.join(f'{t:.3f}' for t in setups)})"
-        )
+        for cache, label in ((False, "decoding (cache=False)"), (True, "from the cache")):
+            median = statistics.median(timings[cache])
+            runs = ", ".join(f"{t:.3f}" for t in timings[cache])
+            print(
+                f"setup(None) + statistics, {n} images -> {shape}, {label}: median {median:.3f} s "
+                f"({n / median:,.0f} images/s; runs: {runs})"
+            )
         print(f"one training epoch, batch 64: median {statistics.median(epochs):.4f} s")
 
 

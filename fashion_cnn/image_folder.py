@@ -20,16 +20,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torchvision.datasets.folder import make_dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as tvf
 
+from fashion_cnn import _folder_cache
 from fashion_cnn.data import (
     EpochRandomSampler,
     UInt8Dataset,
     augment_batch,
+    default_data_dir,
     split_indices,
     uint8_loader,
 )
@@ -180,6 +183,9 @@ class ImageFolderDataModule(L.LightningDataModule):
             decoded like the training images. Default: predict the test set.
         eval_batch_size: Batch size for validation, test and prediction. Default: the larger of
             batch_size and 256.
+        cache: Keep the decoded images of train/ and test/ in a tensor file under
+            ``$FASHION_CNN_DATA_DIR/image_folders`` (default data folder as for Fashion-MNIST),
+            reused while no image file's name, size or modification time changes.
     """
 
     def __init__(
@@ -196,6 +202,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         augment_cutout: int = 0,
         predict_dir: str | None = None,
         eval_batch_size: int | None = None,
+        cache: bool = True,
     ) -> None:
         super().__init__()
         _check_arguments(
@@ -210,6 +217,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             augment_cutout=augment_cutout,
             predict_dir=predict_dir,
             eval_batch_size=eval_batch_size,
+            cache=cache,
         )
         self.root = _check_root(root)
         self.save_hyperparameters()
@@ -395,14 +403,30 @@ class ImageFolderDataModule(L.LightningDataModule):
         files = _list_files(folder, classes, self._class_to_idx())
         start = time.perf_counter()
         paths = [path for path, _ in files]
-        images, sizes = decode_images(paths, self._hp.channels, self._hp.image_size)
+        channels, size = self._hp.channels, self._hp.image_size
+        cached = cache_path = key = None
+        if self._hp.cache:
+            cache_path = _folder_cache.cache_file(default_data_dir(), folder, channels, size)
+            key = _folder_cache.listing_key(files, channels, size)
+            cached = _folder_cache.load(cache_path, key, (len(paths), channels, size, size))
+        if cached is not None:
+            images, sizes = cached
+            how = f"from the cache {cache_path}"
+        else:
+            images, sizes = decode_images(paths, channels, size)
+            how = "decoded"
+            if cache_path is not None and key is not None:
+                _folder_cache.save(cache_path, key, images, sizes)
         labels = torch.tensor([label for _, label in files], dtype=torch.long)
-        names = [Path(p).relative_to(self.root).as_posix() for p in paths]
-        size = self._hp.image_size
+        # Paths under root as strings (make_dataset joins them so); pathlib would take longer
+        # than loading the cache.
+        prefix = len(os.path.join(self.root, ""))
+        names = [p[prefix:].replace(os.sep, "/") for p in paths]
         log.info(
-            "Decoded %d images in %s in %.2f s into %s uint8",
+            "%d images of %s, %s in %.2f s: %s uint8",
             len(paths),
             folder,
+            how,
             time.perf_counter() - start,
             tuple(images.shape),
         )
@@ -441,7 +465,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             assert self.train_indices is not None
             pixels = self._train_split().images[self.train_indices]
             # A histogram of the 256 pixel values: exact moments without a float copy of the data.
-            counts = torch.bincount(pixels.flatten(), minlength=256).double()
+            counts = torch.from_numpy(np.bincount(pixels.numpy().ravel(), minlength=256)).double()
             values = torch.arange(256, dtype=torch.float64) / 255
             n = counts.sum()
             mean = (counts * values).sum() / n
@@ -468,7 +492,7 @@ def _check_root(root: Any) -> Path:
     """``root`` as a Path, if it exists and holds train/; otherwise ImageFolderError with the fix."""
     if not isinstance(root, str | os.PathLike) or str(root) == "":
         raise ConfigError(f"root={root!r} is not valid: use the folder that holds train/ and test/")
-    path = Path(root).expanduser()
+    path = Path(root).expanduser().resolve()
     if not path.is_dir():
         raise ImageFolderError(
             f"image folder {path} does not exist or is not a folder; pass --data.root with the "
@@ -495,7 +519,7 @@ def _check_arguments(**args: Any) -> None:
         fail("channels", "use 1 (grayscale) or 3 (RGB)")
     if not is_int(args["image_size"]) or not 4 <= args["image_size"] <= 1024:
         fail("image_size", "use an integer from 4 to 1024 pixels, e.g. 28 or 32")
-    for name in ("normalize", "augment_flip"):
+    for name in ("normalize", "augment_flip", "cache"):
         if not isinstance(args[name], bool):
             fail(name, "use true or false")
     if not is_int(args["batch_size"]) or args["batch_size"] < 1:

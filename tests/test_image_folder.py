@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from PIL import Image
 from torchvision.io import write_png
 
-from fashion_cnn import FashionCNN, ImageFolderDataModule
+from fashion_cnn import FashionCNN, ImageFolderDataModule, image_folder
 from fashion_cnn.data import prepare_batch, split_indices
 from fashion_cnn.errors import ConfigError, ImageFolderError, UserError
 
@@ -72,6 +73,13 @@ def ready(root: Path, stage: str | None = None, **kwargs) -> ImageFolderDataModu
     dm.prepare_data()
     dm.setup(stage)
     return dm
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The decoded-image cache goes under tmp_path, never the user's cache folder."""
+    monkeypatch.setenv("FASHION_CNN_DATA_DIR", str(tmp_path / "data_dir"))
+    return tmp_path / "data_dir"
 
 
 @pytest.fixture
@@ -239,6 +247,77 @@ def test_flip_augments_training_batches_only(folder):
     assert 0 < sum(flipped) < len(x)
     dm.trainer = Trainer(training=False)
     assert torch.equal(dm.on_after_batch_transfer((images, labels), 0)[0], images)
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoded-image cache
+
+
+def cache_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "image_folders").glob("*.pt"))
+
+
+def test_cache_is_reused_until_a_file_changes(folder, data_dir, monkeypatch, caplog):
+    first = ready(folder, normalize=False)
+    names = [p.name for p in cache_files(data_dir)]
+    # One file per folder and settings; the name says which.
+    assert sorted(n.rsplit("-", 1)[0] for n in names) == ["images-test-1x28", "images-train-1x28"]
+    decoded: list[int] = []
+    real_decode = image_folder.decode_images
+
+    def spy(paths, *args):
+        decoded.append(len(paths))
+        return real_decode(paths, *args)
+
+    monkeypatch.setattr(image_folder, "decode_images", spy)
+    again = ready(folder, normalize=False)
+    assert decoded == []  # both splits came from the cache
+    assert torch.equal(again.train_set.images, first.train_set.images)
+    assert torch.equal(again.test_set.images, first.test_set.images)
+    assert again.input_mean == first.input_mean
+
+    # Rewrite one training image: train/ is decoded again (test/ still cached) and shows it.
+    changed = folder / "train" / "coat" / "03.png"
+    write_image(changed, 7, 0)
+    os.utime(changed, ns=(1, 1))  # even with an old time stamp: the size and mtime differ
+    fresh = ready(folder, normalize=False)
+    assert decoded == [3 * N_TRAIN]
+    row = N_TRAIN + 3  # files in order: bag/00..07, then coat/00..
+    assert int(fresh.train_set.images[row, 0, 5, 5]) == 7
+    assert int(first.train_set.images[row, 0, 5, 5]) == class_level("coat")
+    ready(folder, normalize=False)
+    assert decoded == [3 * N_TRAIN]  # the rewritten cache serves the next run
+    assert len(cache_files(data_dir)) == 2  # replaced, not accumulated
+
+
+@pytest.mark.parametrize("damage", ["truncate", "tamper"])
+def test_damaged_cache_is_ignored_and_rewritten(folder, data_dir, caplog, damage):
+    first = ready(folder, stage="fit")
+    (path,) = [p for p in cache_files(data_dir) if "-train-" in p.name]
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+        reason = "Ignoring the image cache"
+    else:
+        content = torch.load(path, weights_only=True)
+        content["images"][0, 0, 5, 5] ^= 1  # key and recorded SHA-256 kept
+        torch.save(content, path)
+        reason = "the images do not match their SHA-256"
+    with caplog.at_level(logging.WARNING):
+        again = ready(folder, stage="fit")
+    assert reason in caplog.text
+    assert torch.equal(again.train_set.images, first.train_set.images)
+    assert torch.load(path, weights_only=True)["images"].equal(first.train_set.images)
+
+
+def test_cache_can_be_switched_off_and_an_unwritable_one_only_warns(folder, data_dir, monkeypatch, caplog):
+    ready(folder, cache=False)
+    assert not (data_dir / "image_folders").exists()
+    blocked = data_dir.parent / "a_file"
+    blocked.write_text("")
+    monkeypatch.setenv("FASHION_CNN_DATA_DIR", str(blocked))
+    with caplog.at_level(logging.WARNING):
+        dm = ready(folder)
+    assert "Could not write the image cache" in caplog.text and len(dm.train_set) == 3 * N_TRAIN - 6
 
 
 # ---------------------------------------------------------------------------------------------
