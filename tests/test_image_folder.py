@@ -249,6 +249,40 @@ def test_flip_augments_training_batches_only(folder):
     assert torch.equal(dm.on_after_batch_transfer((images, labels), 0)[0], images)
 
 
+class DeviceTrainer:
+    """A trainer stand-in whose strategy runs on ``device``."""
+
+    def __init__(self, device: str, training: bool = True) -> None:
+        self.strategy = type("Strategy", (), {"root_device": torch.device(device)})()
+        self.training = training
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "meta",  # shapes without data: the accelerator path's plumbing, on a CPU
+        pytest.param("cuda:0", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+    ],
+)
+def test_setup_moves_every_split_to_the_trainers_device(folder, device):
+    dm = ImageFolderDataModule(
+        str(folder), val_size=6, batch_size=4, augment_flip=True, augment_crop_padding=2
+    )
+    dm.trainer = DeviceTrainer(device)
+    dm.setup()
+    kind = torch.device(device).type
+    for dataset in (dm.train_set, dm.val_set, dm.test_set, dm.predict_set):
+        assert dataset.images.device.type == kind and dataset.targets.device.type == kind
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.device.type == kind and images.shape == (4, 1, 28, 28) and labels.device.type == kind
+    x, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert x.device.type == kind and x.dtype == torch.uint8 and x.shape == (4, 1, 28, 28)
+    assert isinstance(dm.input_mean, float)  # computed on the CPU copy
+    if kind == "cuda":
+        rows = dm.train_indices[:4].tolist()
+        assert torch.equal(dm.train_set.__getitems__([0, 1, 2, 3])[0].cpu(), dm.train_set.images[rows].cpu())
+
+
 # ---------------------------------------------------------------------------------------------
 # The decoded-image cache
 
