@@ -1,7 +1,8 @@
 """fashion_cnn: configurable CNN experiments on Fashion-MNIST with PyTorch Lightning and MLflow.
 
 ``FashionCNNNet`` and ``ConvBlock`` are plain ``nn.Module``s; importing them does not import
-Lightning. The Lightning parts (``FashionCNN``, ``FashionMNISTDataModule``) load on first use.
+Lightning. The Lightning parts (``FashionCNN``, ``FashionMNISTDataModule``,
+``ImageFolderDataModule``) load on first use.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from fashion_cnn.network import ConvBlock, FashionCNNNet, count_parameters
 _LAZY = {
     "FashionCNN": "fashion_cnn.system",
     "FashionMNISTDataModule": "fashion_cnn.data",
+    "ImageFolderDataModule": "fashion_cnn.image_folder",
     "DataError": "fashion_cnn.data",
     "CLASS_NAMES": "fashion_cnn.data",
 }
 
 if TYPE_CHECKING:
     from fashion_cnn.data import CLASS_NAMES, DataError, FashionMNISTDataModule
+    from fashion_cnn.image_folder import ImageFolderDataModule
     from fashion_cnn.system import FashionCNN
 
 
@@ -41,6 +44,7 @@ __all__ = [
     "FashionCNN",
     "FashionCNNNet",
     "FashionMNISTDataModule",
+    "ImageFolderDataModule",
     "__version__",
     "count_parameters",
 ]

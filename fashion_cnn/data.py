@@ -36,6 +36,8 @@ __all__ = [
     "default_data_dir",
     "identity_collate",
     "prepare_batch",
+    "split_indices",
+    "uint8_loader",
 ]
 
 log = logging.getLogger(__name__)
@@ -226,6 +228,49 @@ def identity_collate(batch: Any) -> Any:
     return batch
 
 
+def split_indices(n_train: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded validation split: ``val_size`` of ``n_train`` images, drawn by ``split_seed``.
+
+    ``torch.randperm`` with a ``torch.Generator`` seeded by ``split_seed`` picks the validation
+    images; the same (n_train, val_size, split_seed) always gives the same split.
+
+    Returns:
+        (train indices, validation indices): disjoint int64 tensors that together cover
+        ``range(n_train)``, each ascending, so each split keeps the images' original order (stable
+        validation batches).
+    """
+    generator = torch.Generator().manual_seed(split_seed)
+    in_val = torch.zeros(n_train, dtype=torch.bool)
+    in_val[torch.randperm(n_train, generator=generator)[:val_size]] = True
+    return (~in_val).nonzero().squeeze(1), in_val.nonzero().squeeze(1)
+
+
+def uint8_loader(
+    dataset: UInt8Dataset, batch_size: int, seed: int, sampler: EpochRandomSampler | None = None
+) -> DataLoader:
+    """A standard DataLoader over a :class:`UInt8Dataset`: whole-batch gathers, no workers.
+
+    Standard loader and sampler, so Lightning's DDP swaps in a ``DistributedSampler``.
+
+    Args:
+        dataset: The images and targets.
+        batch_size: Images per batch.
+        seed: Seeds the generator the loader draws its iterators' base seed from.
+        sampler: The training order (an :class:`EpochRandomSampler`); None keeps the order.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        # Creating a DataLoader iterator draws a base seed from this generator; without one it
+        # would draw from torch's global RNG, shifting the dropout masks of the next steps by
+        # when Lightning happens to create the iterator (which differs after a resume).
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=identity_collate,
+        num_workers=0,  # batches are one index operation: worker processes only add cost
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The datamodule
 
@@ -368,12 +413,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
                     f"val_size={self._hp.val_size} leaves no training images out of "
                     f"{n_train}; use 0 <= val_size < {n_train}."
                 )
-            generator = torch.Generator().manual_seed(self._hp.split_seed)
-            in_val = torch.zeros(n_train, dtype=torch.bool)
-            in_val[torch.randperm(n_train, generator=generator)[: self._hp.val_size]] = True
-            # Ascending indices: each split keeps the official order (stable validation batches).
-            self.val_indices = in_val.nonzero().squeeze(1)
-            self.train_indices = (~in_val).nonzero().squeeze(1)
+            self.train_indices, self.val_indices = split_indices(
+                n_train, self._hp.val_size, self._hp.split_seed
+            )
             images = tensors["train_images"].unsqueeze(1).to(device)  # (60000, 1, 28, 28)
             labels = tensors["train_labels"].to(device, torch.long)
             # Both splits index the one image tensor: no copies.
@@ -439,18 +481,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return trainer.strategy.root_device
 
     def _loader(self, dataset: UInt8Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
-        # A standard DataLoader and sampler, so Lightning's DDP swaps in a DistributedSampler.
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=self._train_sampler if shuffle else None,
-            # Creating a DataLoader iterator draws a base seed from this generator; without one it
-            # would draw from torch's global RNG, shifting the dropout masks of the next steps by
-            # when Lightning happens to create the iterator (which differs after a resume).
-            generator=torch.Generator().manual_seed(self._hp.split_seed),
-            collate_fn=identity_collate,
-            num_workers=0,  # batches are one index operation: worker processes only add cost
-        )
+        sampler = self._train_sampler if shuffle else None
+        return uint8_loader(dataset, batch_size, self._hp.split_seed, sampler)
 
 
 def _check_arguments(**args: Any) -> None:

@@ -26,6 +26,10 @@ class DataError(UserError, RuntimeError):
     """The Fashion-MNIST data cannot be found, verified, written or read."""
 
 
+class ImageFolderError(DataError):
+    """A folder of labelled images that cannot be used; names the folder or file and the fix."""
+
+
 class CheckpointError(UserError):
     """A checkpoint file that is missing, unreadable or of another model."""
 
@@ -101,6 +105,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ExecutorError",
+    "ImageFolderError",
     "Interrupted",
     "MissingDependencyError",
     "NonFiniteLossError",
