@@ -61,7 +61,7 @@ def write_combined_report(
         if rebuilt:
             lines += ["(This document was rebuilt from the finished runs with `--report_only`.)", ""]
     lines += [_training_time(all_results), ""]
-    planned = sum(len(plan.variants) * len(plan.seeds) for plan in plans)
+    planned = sum(plan.total for plan in plans)
     finished = sum(len(results.runs) for _, results in all_results)
     if finished < planned:
         lines += [
@@ -130,7 +130,7 @@ def write_combined_report(
             f"## {study.title}",
             "",
             f"Study `{study.name}` (`{rel(study.path)}`), parent run `{plan.parent_id}`, "
-            f"{len(results.runs)} of {len(plan.variants) * len(plan.seeds)} runs finished.",
+            f"{len(results.runs)} of {plan.total} runs finished.",
             "",
             f"> {study.hypothesis}",
             "",

@@ -20,6 +20,7 @@ def study(
     studies: list[str],
     run: ExecutorOptions,
     seeds: int | list[int] | None = None,
+    max_seeds: int | None = None,
     output_dir: str | None = None,
     experiment: str = "fashion-cnn-studies",
     combined_report: str | None = None,
@@ -42,6 +43,9 @@ def study(
         studies: Study files (paths, or packaged names: studies/dropout); docs/studies.md.
         run: Where the runs train (--executor, --workers, ...), as for ``fashion-cnn sweep``.
         seeds: Seed count (5: seeds 0-4) or list ([0,1,7]); default: each study's own.
+        max_seeds: Adaptive seeds: then add seeds in planned blocks (3 -> 5 -> 8 -> 12) only to the
+            variants of claims still undecided, up to this many per variant; error rates stay at
+            alpha (docs/studies.md, "Adaptive seeds").
         output_dir: Report folder (default studies/<name>; with several studies, OUTPUT_DIR/<name>).
             Each run's checkpoints and log go under it.
         experiment: MLflow experiment of the parent and child runs.
@@ -95,6 +99,7 @@ def study(
         executor=executor,
         progress=ConsoleProgress(sys.stderr, "study"),
         resolver=resolver,
+        max_seeds=max_seeds,
     )
     return 0
 

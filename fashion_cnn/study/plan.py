@@ -55,19 +55,31 @@ class StudyPlan:
     output: Path
     parent_id: str | None = None
     finished: dict[tuple[str, int], Any] = field(default_factory=dict)  # (variant, seed) -> Run
+    added: dict[str, list[int]] = field(default_factory=dict)  # adaptive seeds: variant -> seeds
+
+    def seeds_of(self, variant: str) -> list[int]:
+        """The variant's seeds: the study's, and those added to it to decide its claims."""
+        return [*self.seeds, *self.added.get(variant, [])]
+
+    def grow(self, variant: str, count: int) -> list[int]:
+        """Give ``variant`` ``count`` seeds in all (the next unused numbers); returns the new ones."""
+        have = self.seeds_of(variant)
+        new = list(range(max(have) + 1, max(have) + 1 + count - len(have)))
+        self.added[variant] = [*self.added.get(variant, []), *new]
+        return new
 
     @property
     def todo(self) -> list[tuple[VariantPlan, int]]:
         return [
             (vp, seed)
             for vp in self.variants
-            for seed in self.seeds
+            for seed in self.seeds_of(vp.variant.name)
             if (vp.variant.name, seed) not in self.finished
         ]
 
     @property
     def total(self) -> int:
-        return len(self.variants) * len(self.seeds)
+        return sum(len(self.seeds_of(vp.variant.name)) for vp in self.variants)
 
 
 def run_overrides(groups: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
@@ -187,7 +199,7 @@ def describe_plan(plan: StudyPlan) -> list[str]:
         f"{plan.parent_id or '(new)'}, output {plan.output}"
     ]
     for vp in plan.variants:
-        left = [s for s in plan.seeds if (vp.variant.name, s) not in plan.finished]
+        left = [s for s in plan.seeds_of(vp.variant.name) if (vp.variant.name, s) not in plan.finished]
         config = vp.config.name if vp.config else "defaults"
         extra = " ".join(as_args(vp.variant.overrides))
         lines.append(

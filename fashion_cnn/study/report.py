@@ -54,7 +54,7 @@ def collect_results(plan: StudyPlan, client: Any) -> StudyResults:
     for vp in plan.variants:
         name = vp.variant.name
         params[name] = vp.num_params
-        for seed in plan.seeds:
+        for seed in plan.seeds_of(name):
             run = plan.finished.get((name, seed))
             if run is None:
                 continue
@@ -104,14 +104,22 @@ def write_report(plan: StudyPlan, client: Any, results: StudyResults) -> Path:
 
 def _report_markdown(plan: StudyPlan, results: StudyResults, figures: Mapping[str, str]) -> str:
     study = plan.study
-    expected_runs = len(plan.variants) * len(plan.seeds)
+    expected_runs = plan.total
     lines = [
         f"# {study.title}",
         "",
         f"Study `{study.name}` from `{rel(study.path)}`: {len(plan.variants)} "
         f"variant{'' if len(plan.variants) == 1 else 's'} × "
         f"{len(plan.seeds)} seeds "
-        f"({', '.join(map(str, plan.seeds))}); {len(results.runs)} of {expected_runs} runs finished. "
+        f"({', '.join(map(str, plan.seeds))})"
+        + (
+            ", and seeds added where claims needed them ("
+            + ", ".join(f"{v}: {len(s)} more" for v, s in plan.added.items() if s)
+            + ")"
+            if any(plan.added.values())
+            else ""
+        )
+        + f"; {len(results.runs)} of {expected_runs} runs finished. "
         f"MLflow parent run `{plan.parent_id}` in experiment `{plan.experiment}` ({plan.tracking_uri}), "
         f"study hash `{plan.study_hash}`. Generated {now()}.",
         "",

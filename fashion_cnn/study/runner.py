@@ -76,6 +76,7 @@ def run_studies(
     executor: Executor | None = None,
     progress: Progress | None = None,
     resolver: ConfigResolver | None = None,
+    max_seeds: int | None = None,
 ) -> list[StudyPlan]:
     """Plan, run (what is missing) and report one or more studies.
 
@@ -97,6 +98,9 @@ def run_studies(
         executor: Where runs train (default: :class:`SerialExecutor`, in this process).
         progress: Receives the events (default: log lines).
         resolver: A config resolver to reuse (building one takes about half a second).
+        max_seeds: Adaptive seeds: after the seeds asked for, add seeds in planned blocks (e.g.
+            3 -> 5 -> 8 -> 12) only to the variants of claims still undecided and not futile, up to
+            this many per variant (:mod:`fashion_cnn.study.sequential`). None: a fixed design.
 
     Raises:
         StudyError: For unusable study files or overrides (before any run starts).
@@ -129,6 +133,7 @@ def run_studies(
         out = None if output is None else (Path(output) if len(studies) == 1 else Path(output) / study.name)
         out = (out or Path("studies") / study.name).absolute()  # Ray workers run in other folders
         plans.append(plan_study(study, overrides, seeds, experiment, out, resolver))
+    schedules = _schedules(plans, max_seeds)  # bad --max_seeds: refused before any run
     clients: dict[str, Any] = {}
     for plan in plans:
         if dry_run and not _store_exists(plan.tracking_uri):
@@ -137,6 +142,8 @@ def run_studies(
             prepare_store(plan.tracking_uri, experiment)
             clients[plan.tracking_uri] = MlflowClient(plan.tracking_uri)
         store.find_runs(plan, clients[plan.tracking_uri])
+        if schedules:  # a rerun goes on from the block where it stopped
+            _grow(plan, schedules[plan.study.name], progress, until_missing=True)
     total = sum(p.total for p in plans)
     todo = sum(len(p.todo) for p in plans)
     progress.note(
@@ -149,7 +156,15 @@ def run_studies(
                 progress.note(line)
         return plans
     if not report_only and todo:
-        _train(plans, clients, executor, progress, reuse)
+        executor.prepare(next(p for p in plans if p.todo).tracking_uri)
+        try:
+            _train(plans, clients, executor, progress, reuse)
+            # Adaptive seeds: each block's runs train together (in parallel on Ray), then the claims
+            # are judged again, until none needs more seeds.
+            while schedules and any([_grow(p, schedules[p.study.name], progress) for p in plans]):
+                _train(plans, clients, executor, progress, reuse)
+        finally:
+            executor.close()
     all_results = []  # read back once, for the study's own report and the combined one
     for plan in plans:
         client = clients[plan.tracking_uri]
@@ -176,37 +191,35 @@ def _train(
 ) -> None:
     """Open the parents, copy reusable runs, train the rest on ``executor``, close the parents."""
     active = [p for p in plans if p.todo]
-    executor.prepare(active[0].tracking_uri)
-    try:
-        with sigterm_raises():
-            try:
-                for plan in active:
-                    store.open_parent(plan, clients[plan.tracking_uri])
-                jobs = _jobs(active, clients, progress, reuse, executor)
-                keys = [(j.plan.study.name, j.vp.variant.name) for j in jobs]  # one per run to train
-                budgets = {k: j.budget for k, j in zip(keys, jobs, strict=True)}
-                progress.begin(keys, executor.slots, budgets, [j.kept_s for j in jobs])
-                by_key = {j.run.key: j for j in jobs}
+    if not active:
+        return
+    with sigterm_raises():
+        try:
+            for plan in active:
+                store.open_parent(plan, clients[plan.tracking_uri])
+            jobs = _jobs(active, clients, progress, reuse, executor)
+            keys = [(j.plan.study.name, j.vp.variant.name) for j in jobs]  # one per run to train
+            budgets = {k: j.budget for k, j in zip(keys, jobs, strict=True)}
+            progress.begin(keys, executor.slots, budgets, [j.kept_s for j in jobs])
+            by_key = {j.run.key: j for j in jobs}
 
-                def on_done(run: RunSpec, outcome: RunOutcome) -> None:
-                    if outcome.state != "finished":
-                        raise RunFailed(outcome.error)
-                    _finished(by_key[run.key], outcome, clients, progress)
+            def on_done(run: RunSpec, outcome: RunOutcome) -> None:
+                if outcome.state != "finished":
+                    raise RunFailed(outcome.error)
+                _finished(by_key[run.key], outcome, clients, progress)
 
-                executor.run([j.run for j in jobs], lambda r: progress.started(r.label), on_done)
-            except (KeyboardInterrupt, Interrupted) as exc:
-                _close(active, clients, "KILLED")
-                sig = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
-                raise Interrupted(
-                    "study interrupted; rerun the same command to continue (finished runs are kept)", sig
-                ) from None
-            except BaseException:
-                _close(active, clients, "FAILED")
-                raise
-            finally:
-                progress.end()
-    finally:
-        executor.close()
+            executor.run([j.run for j in jobs], lambda r: progress.started(r.label), on_done)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            _close(active, clients, "KILLED")
+            sig = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
+            raise Interrupted(
+                "study interrupted; rerun the same command to continue (finished runs are kept)", sig
+            ) from None
+        except BaseException:
+            _close(active, clients, "FAILED")
+            raise
+        finally:
+            progress.end()
     _close(active, clients, "FINISHED")
 
 
@@ -324,6 +337,53 @@ def _close(plans: Sequence[StudyPlan], clients: Mapping[str, Any], status: str) 
             )
         except Exception:  # noqa: BLE001 - the store may be what failed; the original error matters
             log.warning("could not mark study %s %s", plan.study.name, status, exc_info=True)
+
+
+def _schedules(plans: Sequence[StudyPlan], max_seeds: int | None) -> dict[str, Any]:
+    """Each study's planned looks (its seeds, then blocks up to ``max_seeds``); {} for a fixed design.
+
+    Raises:
+        StudyError: ``max_seeds`` below a study's seeds.
+    """
+    if max_seeds is None:
+        return {}
+    from fashion_cnn.study.sequential import Schedule
+
+    return {p.study.name: Schedule.blocks(len(p.seeds), max_seeds) for p in plans}
+
+
+def _grow(plan: StudyPlan, schedule: Any, progress: Progress, until_missing: bool = False) -> bool:
+    """Judge the claims on the finished seeds and add the next block of seeds to the variants of
+    claims still undecided; returns whether any were added. ``until_missing``: repeat while the
+    added seeds have all finished already (a rerun of an interrupted adaptive study)."""
+    from fashion_cnn.study.sequential import sequential_step
+
+    grew = False
+    while True:
+        samples = {
+            m.name: {
+                vp.variant.name: [
+                    float(run.data.metrics[m.name])
+                    for seed in plan.seeds_of(vp.variant.name)
+                    if (run := plan.finished.get((vp.variant.name, seed))) is not None
+                    and m.name in run.data.metrics
+                ]
+                for vp in plan.variants
+            }
+            for m in plan.study.metrics
+        }
+        step = sequential_step(plan.study.claims, samples, plan.study.metrics, schedule)
+        added = {v: plan.grow(v, n) for v, n in step.next_seeds.items() if n > len(plan.seeds_of(v))}
+        if not added:
+            return grew
+        grew = True
+        counts = ", ".join(f"{n} {state}" for state, n in step.counts().items() if n)
+        progress.note(
+            f"[{plan.study.name}] claims: {counts}; more seeds for "
+            + ", ".join(f"{v} (to {len(plan.seeds_of(v))})" for v in added)
+        )
+        if not until_missing or plan.todo:
+            return grew
 
 
 def _store_exists(uri: str) -> bool:
