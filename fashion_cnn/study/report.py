@@ -14,14 +14,24 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fashion_cnn import figures
 from fashion_cnn.study import store
 from fashion_cnn.study.claims import Claim
+from fashion_cnn.study.outlook import (
+    claim_rows,
+    fdr_line,
+    fdr_summary,
+    outlook_json,
+    outlook_rule_lines,
+    outlook_table,
+    outlooks,
+)
 from fashion_cnn.study.plan import StudyPlan, hashable, identical_variants, override_args
+from fashion_cnn.study.power import Outlook
 from fashion_cnn.study.progress import duration
 from fashion_cnn.study.spec import Study
 from fashion_cnn.study.verdicts import Evaluation, evaluate_claim, fmt, fmt_p, mean_ci, rule_lines
@@ -39,10 +49,18 @@ class StudyResults:
     wall: dict[str, float | None]  # mean seconds per run
     runs: list[tuple[str, int, Any]]  # (variant, seed, Run)
     evaluations: list[Evaluation]
+    outlooks: list[Outlook | None] = field(default_factory=list)  # per claim; None: not testable
+    p_fdr: list[float] = field(default_factory=list)  # per claim, Benjamini-Hochberg adjusted p
 
 
-def collect_results(plan: StudyPlan, client: Any) -> StudyResults:
-    """Gather final metrics, learning curves, parameter counts and wall times, and judge the claims."""
+def collect_results(plan: StudyPlan, client: Any, max_seeds: int | None = None) -> StudyResults:
+    """Gather final metrics, learning curves, parameter counts and wall times, and judge the claims.
+
+    Args:
+        max_seeds: The most seeds per variant the study may spend (``--max_seeds``); the seeds a
+            claim needs beyond it are reported as "more than <max_seeds>" (default
+            :data:`~fashion_cnn.study.power.DEFAULT_MAX_SEEDS`).
+    """
     study = plan.study
     names = [vp.variant.name for vp in plan.variants]
     samples: dict[str, dict[str, list[float]]] = {m.name: {v: [] for v in names} for m in study.metrics}
@@ -75,6 +93,7 @@ def collect_results(plan: StudyPlan, client: Any) -> StudyResults:
             if seconds is not None:
                 wall[name].append(seconds)
     evaluations = [evaluate_claim(c, samples[c.metric], study.metric(c.metric)) for c in study.claims]
+    looks, p_fdr = outlooks(study, samples, evaluations, max_seeds)
     return StudyResults(
         samples,
         curves,
@@ -82,6 +101,8 @@ def collect_results(plan: StudyPlan, client: Any) -> StudyResults:
         {k: (sum(v) / len(v) if v else None) for k, v in wall.items()},
         runs,
         evaluations,
+        looks,
+        p_fdr,
     )
 
 
@@ -157,6 +178,16 @@ def _report_markdown(plan: StudyPlan, results: StudyResults, figures: Mapping[st
     lines += ["", "## Expected outcomes", ""]
     lines += claims_table(plan, results.evaluations)
     lines += ["", *claim_sentences(plan, results.evaluations)]
+    lines += ["", "### What these seeds can and cannot tell", ""]
+    lines += outlook_table(results.evaluations, results.outlooks, results.p_fdr)
+    lines += ["", fdr_line(results.evaluations, results.p_fdr)]
+    if "claims" in figures:
+        caption = (
+            "Claims at a glance: each claim's difference in its favour with its 95 % CI, coloured by "
+            "verdict; grey: ± the difference these seeds detect with power 0.8; purple: no difference "
+            "± the practical margin."
+        )
+        lines += ["", f"![{caption}]({figures['claims']})", "", f"*{caption}*"]
     if study.unchecked:
         lines += ["", "Not tested here (the study has no measurement for them):", ""]
         lines += [f"- {u}" for u in study.unchecked]
@@ -165,6 +196,7 @@ def _report_markdown(plan: StudyPlan, results: StudyResults, figures: Mapping[st
         "## Decision rule",
         "",
         *rule_lines(),
+        *outlook_rule_lines(study),
         "",
         "## Runs",
         "",
@@ -370,6 +402,10 @@ def _figures(plan: StudyPlan, results: StudyResults, out: Path) -> dict[str, str
     if curves:
         fig = figures.plot_study_curves(study.title, curves)
         written["curves"] = figures.save_figure(fig, out / "learning_curves.png", dpi=110).name
+    rows = claim_rows(results.evaluations, results.outlooks)
+    if rows:
+        fig = figures.plot_claim_intervals(f"{study.title}: claims at a glance", rows)
+        written["claims"] = figures.save_figure(fig, out / "claims.png", dpi=110).name
     return written
 
 
@@ -404,10 +440,18 @@ def results_json(plan: StudyPlan, results: StudyResults) -> dict[str, Any]:
                 "ci": list(e.ci),
                 "cohen_d": e.cohen_d,
                 "sentence": e.sentence,
+                **outlook_json(o, p),
             }
-            for e in results.evaluations
+            for e, o, p in zip(
+                results.evaluations,
+                results.outlooks or [None] * len(results.evaluations),
+                results.p_fdr or [math.nan] * len(results.evaluations),
+                strict=True,
+            )
         ],
         "runs": [{"variant": v, "seed": s, "run_id": r.info.run_id} for v, s, r in results.runs],
+        "fdr": fdr_summary(results.evaluations, results.p_fdr),
+        "margins": plan.study.margins,
     }
 
 
