@@ -309,8 +309,10 @@ def plot_claim_intervals(title: str, rows: Sequence[ClaimInterval]) -> Figure:
 
     fig = new_figure(9.5, 0.9 + 0.32 * max(len(rows), 1))
     ax = fig.subplots()
-    finite = [abs(v) for r in rows for v in (r.low, r.high, r.detectable) if math.isfinite(v) and v != 0]
-    ax.set_xscale("symlog", linthresh=max(min(finite, default=0.01), 1e-6) * 2)
+    # Linear within the typical detectable difference, logarithmic beyond: the decisions around 0
+    # stay readable while a claim far from its threshold still fits.
+    reach = sorted(r.detectable for r in rows if math.isfinite(r.detectable) and r.detectable > 0)
+    ax.set_xscale("symlog", linthresh=reach[len(reach) // 2] if reach else 0.01, linscale=1.5)
     for y, row in enumerate(rows):
         if math.isfinite(row.detectable):
             ax.fill_betweenx([y - 0.38, y + 0.38], -row.detectable, row.detectable, color="0.88", lw=0)
@@ -336,7 +338,7 @@ def plot_claim_intervals(title: str, rows: Sequence[ClaimInterval]) -> Figure:
         Patch(color="0.88", label="± detectable difference (power 0.8)"),
         Line2D([], [], color="C4", lw=1.5, label="no difference ± practical margin"),
     ]
-    ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=3, frameon=False)
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncols=3, frameon=False)
     fig.suptitle(title, fontsize=10)
     return fig
 

@@ -67,9 +67,7 @@ def outlook_table(
             )
             continue
         bounded = o.statement or (
-            "–"
-            if math.isnan(o.equivalence)
-            else f"no: |difference| up to {fmt(o.equivalence)} > margin {fmt(o.margin)}"
+            "–" if math.isnan(o.equivalence) else f"no (bound {fmt(o.equivalence)} > margin {fmt(o.margin)})"
         )
         lines.append(
             f"| {i} | {ev.claim.text} | **{ev.verdict}** | {fmt_p(p_bh)} | {fmt(o.g, sign=True)} "
@@ -184,3 +182,26 @@ def outlook_rule_lines(study: Study | None = None, max_seeds: int | None = None)
         "`multipletests`); a supported verdict survives the false-discovery correction when it is "
         "below α.",
     ]
+
+
+def document_outlooks(
+    data: Mapping[str, Any], max_seeds: int | None = None
+) -> list[tuple[Study, list[Evaluation], list[Outlook | None], list[float]]]:
+    """Judge a combined report's claims again from its ``.json`` (per variant per seed values) and
+    the packaged study files (for the claims' metrics and margins): verdicts, outlooks, BH p-values,
+    per study. No tracking store is needed.
+
+    Raises:
+        StudyError: A study of the document is not a packaged study file.
+    """
+    from fashion_cnn.study.spec import load_study
+    from fashion_cnn.study.verdicts import evaluate_claim
+
+    out = []
+    for entry in data["studies"]:
+        study = load_study(f"studies/{entry['study']}")
+        samples = entry["samples"]
+        evaluations = [evaluate_claim(c, samples[c.metric], study.metric(c.metric)) for c in study.claims]
+        looks, p_fdr = outlooks(study, samples, evaluations, max_seeds)
+        out.append((study, evaluations, looks, p_fdr))
+    return out
