@@ -137,6 +137,23 @@ def test_false_supported_rate_stays_at_alpha_under_repeated_looks(kind) -> None:
     assert sim.fixed_supported <= _bound(ALPHA, n)  # the fixed design on the same data, as a check
 
 
+@pytest.mark.parametrize(
+    ("claim", "means"),
+    [
+        # TOST at the edge of its margin: the least favourable truth for "within".
+        ("a is within 0.5 of b on test/loss", {"a": 0.5, "b": 0.0}),
+        # Three equal variants: "best of all" must beat both (an intersection-union test).
+        ("a is the best of all variants on test/loss", {"a": 0.0, "b": 0.0, "c": 0.0}),
+        # A mean exactly at a bound of "between".
+        ("a is between 0 and 3 on test/loss", {"a": 0.0}),
+    ],
+)
+def test_other_claim_kinds_keep_alpha_at_their_least_favourable_truth(claim, means) -> None:
+    n = 1500
+    sim = simulate(Schedule.blocks(3, 12), effect=0.0, studies=n, seed=4, claim=claim, means=means)
+    assert sim.supported <= _bound(ALPHA, n), sim
+
+
 def test_the_naive_repeated_test_exceeds_alpha() -> None:
     """Testing at alpha at every look, without spending, inflates false positives: the simulation
     can tell a procedure that does not keep alpha."""

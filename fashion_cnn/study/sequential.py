@@ -38,7 +38,7 @@ import numpy as np
 from scipy import special, stats
 
 from fashion_cnn.errors import StudyError
-from fashion_cnn.study.claims import Claim, Metric
+from fashion_cnn.study.claims import Claim, Metric, parse_claim
 from fashion_cnn.study.power import POWER, decisive, detectable_effect, seeds_for_effect
 from fashion_cnn.study.verdicts import ALPHA, Evaluation, evaluate_claim
 
@@ -336,10 +336,23 @@ class Simulation:
     states: dict[str, float]
 
 
-def simulate(schedule: Schedule, effect: float, studies: int = 2000, seed: int = 0) -> Simulation:
-    """Run the sequential procedure on ``studies`` simulated pairs of variants whose true means
-    differ by ``effect`` standard deviations in the claim's favour (normal seeds, sd 1), through
-    :func:`sequential_step` exactly as a study would; no training.
+def simulate(
+    schedule: Schedule,
+    effect: float,
+    studies: int = 2000,
+    seed: int = 0,
+    claim: str = "a beats b on test/loss",
+    means: Mapping[str, float] | None = None,
+) -> Simulation:
+    """Run the sequential procedure on ``studies`` simulated studies (normal seeds, sd 1, the
+    metric ``test/loss``, lower is better), through :func:`sequential_step` exactly as a study
+    would; no training.
+
+    Args:
+        effect: By default variant ``a``'s true loss is lower than ``b``'s by ``effect`` standard
+            deviations (in ``a beats b``'s favour).
+        claim: The claim, over variants named in ``means`` (default ``a`` and ``b``).
+        means: True mean loss per variant, in standard deviations (replaces ``effect``'s pair).
 
     Each simulated study draws ``max_seeds`` values per variant up front; a look uses the first
     ``n_k`` (the procedure never sees more than it asked for), so one call per study gives the state
@@ -347,18 +360,18 @@ def simulate(schedule: Schedule, effect: float, studies: int = 2000, seed: int =
     """
     rng = np.random.default_rng(seed)
     metric = Metric("test/loss", "lower")
-    claim = Claim(text="a beats b on test/loss", kind="beats", a="a", b="b", metric=metric.name)
+    truth = dict(means) if means is not None else {"a": -effect, "b": 0.0}
+    parsed = parse_claim(claim, list(truth), [metric])
     n = schedule.max_seeds
     states: dict[str, int] = dict.fromkeys(("supported", "not supported", "undecided", "futile"), 0)
     seeds = fixed = 0
-    a_all = rng.normal(-effect, 1.0, (studies, n))  # lower is better: A's loss is lower by effect
-    b_all = rng.normal(0.0, 1.0, (studies, n))
-    for a, b in zip(a_all, b_all, strict=True):
-        values = {metric.name: {"a": a.tolist(), "b": b.tolist()}}
-        state = sequential_step([claim], values, [metric], schedule).states[0]
+    draws = {v: rng.normal(mu, 1.0, (studies, n)) for v, mu in truth.items()}
+    for i in range(studies):
+        values = {metric.name: {v: draws[v][i].tolist() for v in truth}}
+        state = sequential_step([parsed], values, [metric], schedule).states[0]
         states[state.state] += 1
         seeds += state.seeds
-        fixed += evaluate_claim(claim, values[metric.name], metric, schedule.alpha).verdict == "supported"
+        fixed += evaluate_claim(parsed, values[metric.name], metric, schedule.alpha).verdict == "supported"
     rate = states["supported"] / studies
     return Simulation(
         studies=studies,
