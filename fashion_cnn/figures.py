@@ -269,6 +269,80 @@ def plot_final_metrics(
     return fig
 
 
+@dataclass(frozen=True)
+class ClaimInterval:
+    """One claim in :func:`plot_claim_intervals`, in its metric's units.
+
+    Attributes:
+        label: The row's label (the claim).
+        verdict: "supported", "not supported" or "inconclusive" (its colour).
+        value: The claim's decisive quantity: > 0 favours the claim, 0 is its test's threshold.
+        low: Lower end of its 95 % interval (nan: none).
+        high: Upper end.
+        detectable: The smallest true value these seeds detect with power 0.8 (either sign).
+        margin_low: Where "no difference less the practical margin" lies on this scale (nan: none).
+        margin_high: Where "no difference plus the margin" lies.
+    """
+
+    label: str
+    verdict: str
+    value: float
+    low: float
+    high: float
+    detectable: float
+    margin_low: float = math.nan
+    margin_high: float = math.nan
+
+
+VERDICT_COLOURS = {"supported": "C2", "not supported": "C3", "inconclusive": "0.45"}
+
+
+def plot_claim_intervals(title: str, rows: Sequence[ClaimInterval]) -> Figure:
+    """Each claim's decisive quantity with its 95 % interval, coloured by verdict, over a grey band
+    of ± the detectable difference (true values inside it go unnoticed at power 0.8) and with the
+    practical margin around "no difference" marked by brackets. Symmetric-log x axis, so claims
+    far from their threshold do not squeeze the rest.
+    """
+    from matplotlib.artist import Artist
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    fig = new_figure(9.5, 0.9 + 0.32 * max(len(rows), 1))
+    ax = fig.subplots()
+    # Linear within the typical detectable difference, logarithmic beyond: the decisions around 0
+    # stay readable while a claim far from its threshold still fits.
+    reach = sorted(r.detectable for r in rows if math.isfinite(r.detectable) and r.detectable > 0)
+    ax.set_xscale("symlog", linthresh=reach[len(reach) // 2] if reach else 0.01, linscale=1.5)
+    for y, row in enumerate(rows):
+        if math.isfinite(row.detectable):
+            ax.fill_betweenx([y - 0.38, y + 0.38], -row.detectable, row.detectable, color="0.88", lw=0)
+        for x in (row.margin_low, row.margin_high):
+            if math.isfinite(x):
+                ax.plot([x, x], [y - 0.3, y + 0.3], color="C4", lw=1.5)
+        colour = VERDICT_COLOURS.get(row.verdict, "0.45")
+        err = None
+        if math.isfinite(row.low) and math.isfinite(row.high):
+            err = [[row.value - row.low], [row.high - row.value]]
+        if math.isfinite(row.value):
+            ax.errorbar([row.value], [y], xerr=err, fmt="o", color=colour, capsize=3, ms=4)
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)), [r.label for r in rows], fontsize=7)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlabel("difference in the claim's favour (metric units; 0 = the test's threshold; symlog)")
+    ax.grid(axis="x", alpha=0.3)
+    handles: list[Artist] = [
+        Line2D([], [], marker="o", ls="", color=c, label=f"{v}: value, 95 % CI")
+        for v, c in VERDICT_COLOURS.items()
+    ]
+    handles += [
+        Patch(color="0.88", label="± detectable difference (power 0.8)"),
+        Line2D([], [], color="C4", lw=1.5, label="no difference ± practical margin"),
+    ]
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncols=3, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def plot_study_curves(title: str, curves: Mapping[str, Mapping[str, Sequence[Estimate]]]) -> Figure:
     """One panel per curve metric: per variant, the mean over seeds per epoch with its 95 % CI.
 

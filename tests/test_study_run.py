@@ -151,6 +151,9 @@ def test_tiny_study_end_to_end_with_restart(
     assert "**not supported** (four is between 5 and 10 on test/loss)" in report
     assert "Welch's t-test, one-sided" in report
     assert "four and two differ in: model.filters (4 vs 2)." in report
+    # What the seeds can tell (issue 21): the table, the FDR line, the claims figure.
+    assert "### What these seeds can and cannot tell" in report and "Benjamini–Hochberg" in report
+    assert (out / "claims.png").stat().st_size > 0 and "![Claims at a glance" in report
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/final_metrics.png", "report/learning_curves.png"} <= artifacts
     doc = report_file.read_text()
@@ -164,6 +167,11 @@ def test_tiny_study_end_to_end_with_restart(
     (tiny,) = twin["studies"]
     assert tiny["budget"]["four"] == {"epochs": 1, "train_images": 3 * 32}
     assert [c["verdict"] for c in tiny["claims"]][1:] == ["supported", "not supported"]
+    assert {"p_fdr", "detectable", "seeds_needed", "equivalence"} <= set(tiny["claims"][1])
+    assert (
+        twin["fdr"]["method"] == "Benjamini-Hochberg"
+        and (report_file.parent / "reproduced_claims.png").is_file()
+    )
 
     # The same runs rebuilt into a second document set against the first: every claim keeps its
     # verdict. Judged on one seed, no claim can be tested, and the comparison says so.

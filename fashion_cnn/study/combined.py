@@ -8,12 +8,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fashion_cnn import figures
 from fashion_cnn._io import atomic_write
 from fashion_cnn.runs.progress import duration, now
 from fashion_cnn.runs.progress import shown_path as rel
 from fashion_cnn.runs.records import TAG_EXECUTOR, TAG_REUSED, run_seconds
 from fashion_cnn.study import compare
+from fashion_cnn.study.outlook import claim_rows, fdr_line, fdr_summary, outlook_rule_lines, outlook_table
 from fashion_cnn.study.plan import TRAIN_IMAGES, StudyPlan, identical_variants, images_per_run
+from fashion_cnn.study.power import fdr_adjusted
 from fashion_cnn.study.report import (
     StudyResults,
     budget_changes,
@@ -45,7 +48,7 @@ def write_combined_report(
     path = Path(path)
     plans = [plan for plan, _ in all_results]
     studies = [_study_json(plan, results) for plan, results in all_results]
-    data = {"generated": now(), "command": command, "report": path.name, "studies": studies}
+    data: dict[str, Any] = {"generated": now(), "command": command, "report": path.name, "studies": studies}
     seeds = sorted({len(p.seeds) for p in plans})
     lines = [
         f"# The journal, reproduced: {compare.budget_text(studies)}",
@@ -110,6 +113,20 @@ def write_combined_report(
         f"| {plan.study.part or plan.study.name} | {ev.claim.text} | **{ev.verdict}** | {fmt_p(ev.p_value)} |"
         for plan, ev in summary
     ]
+    every_p = fdr_adjusted([ev.p_value for _, ev in summary])
+    lines += [
+        "",
+        fdr_line([ev for _, ev in summary], every_p).replace("tested claims", "tested claims of all parts"),
+    ]
+    data["fdr"] = fdr_summary([ev for _, ev in summary], every_p)
+    picture = _claims_figure(all_results, path)
+    if picture:
+        caption = (
+            "Every claim at a glance: its difference in the claim's favour with the 95 % CI, coloured by "
+            "verdict; grey: ± the difference its seeds detect with power 0.8; purple: no difference ± "
+            "the practical margin. Labels: part and claim number."
+        )
+        lines += ["", f"![{caption}]({picture})", "", f"*{caption}*"]
     if compare_with is not None:
         label = f"`{Path(compare_with.get('report') or compare_with['source']).name}`"
         lines += ["", *compare.comparison_lines(data, compare_with, label)]
@@ -151,13 +168,34 @@ def write_combined_report(
         lines += [""]
         lines += claims_table(plan, results.evaluations)
         lines += ["", *claim_sentences(plan, results.evaluations)]
+        if results.outlooks:
+            lines += ["", "What these seeds can and cannot tell:", ""]
+            lines += outlook_table(results.evaluations, results.outlooks, results.p_fdr)
+            lines += ["", fdr_line(results.evaluations, results.p_fdr)]
         if study.unchecked:
             lines += ["", "Not tested here:", "", *[f"- {u}" for u in study.unchecked]]
-    lines += ["", "## Decision rule", "", *rule_lines(), ""]
+    lines += ["", "## Decision rule", "", *rule_lines(), *outlook_rule_lines(), ""]
     compare.write_twin(path, data)
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines))
     return path
+
+
+def _claims_figure(all_results: Sequence[tuple[StudyPlan, StudyResults]], path: Path) -> str | None:
+    """Draw every study's claims in one figure beside the document; its file name, or None."""
+    if not figures.matplotlib_available():
+        return None
+    rows = [
+        row
+        for plan, results in all_results
+        for row in claim_rows(
+            results.evaluations, results.outlooks, f"{plan.study.part or plan.study.name}: "
+        )
+    ]
+    if not rows:
+        return None
+    fig = figures.plot_claim_intervals("The journal's claims at a glance", rows)
+    return figures.save_figure(fig, path.with_name(f"{path.stem}_claims.png"), dpi=110).name
 
 
 def _study_json(plan: StudyPlan, results: StudyResults) -> dict[str, Any]:

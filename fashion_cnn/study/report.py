@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,17 @@ from fashion_cnn.runs.progress import duration, now
 from fashion_cnn.runs.progress import shown_path as rel
 from fashion_cnn.runs.settings import as_args, hashable
 from fashion_cnn.study.claims import Claim
+from fashion_cnn.study.outlook import (
+    claim_rows,
+    fdr_line,
+    fdr_summary,
+    outlook_json,
+    outlook_rule_lines,
+    outlook_table,
+    outlooks,
+)
 from fashion_cnn.study.plan import StudyPlan, identical_variants
+from fashion_cnn.study.power import Outlook
 from fashion_cnn.study.spec import Study
 from fashion_cnn.study.verdicts import Evaluation, evaluate_claim, fmt, fmt_p, mean_ci, rule_lines
 
@@ -40,10 +50,24 @@ class StudyResults:
     wall: dict[str, float | None]  # mean seconds per run
     runs: list[tuple[str, int, Any]]  # (variant, seed, Run)
     evaluations: list[Evaluation]
+    outlooks: list[Outlook | None] = field(default_factory=list)  # per claim; None: not testable
+    p_fdr: list[float] = field(default_factory=list)  # per claim, Benjamini-Hochberg adjusted p
+    sequential: list[Any] = field(default_factory=list)  # adaptive seeds: a ClaimState per claim
+    schedule: Any = None  # adaptive seeds: the study's planned looks
 
 
-def collect_results(plan: StudyPlan, client: Any) -> StudyResults:
-    """Gather final metrics, learning curves, parameter counts and wall times, and judge the claims."""
+def collect_results(
+    plan: StudyPlan, client: Any, max_seeds: int | None = None, schedule: Any = None
+) -> StudyResults:
+    """Gather final metrics, learning curves, parameter counts and wall times, and judge the claims.
+
+    Args:
+        max_seeds: The most seeds per variant the study may spend (``--max_seeds``); the seeds a
+            claim needs beyond it are reported as "more than <max_seeds>" (default
+            :data:`~fashion_cnn.study.power.DEFAULT_MAX_SEEDS`).
+        schedule: Adaptive seeds (a :class:`~fashion_cnn.study.sequential.Schedule`): each claim is
+            judged at its planned looks, at the look's level, instead of once at alpha.
+    """
     study = plan.study
     names = [vp.variant.name for vp in plan.variants]
     samples: dict[str, dict[str, list[float]]] = {m.name: {v: [] for v in names} for m in study.metrics}
@@ -76,6 +100,13 @@ def collect_results(plan: StudyPlan, client: Any) -> StudyResults:
             if seconds is not None:
                 wall[name].append(seconds)
     evaluations = [evaluate_claim(c, samples[c.metric], study.metric(c.metric)) for c in study.claims]
+    states: list[Any] = []
+    if schedule is not None:
+        from fashion_cnn.study.sequential import sequential_step
+
+        states = sequential_step(study.claims, samples, study.metrics, schedule).states
+        evaluations = [s.evaluation or e for s, e in zip(states, evaluations, strict=True)]
+    looks, p_fdr = outlooks(study, samples, evaluations, max_seeds)
     return StudyResults(
         samples,
         curves,
@@ -83,6 +114,10 @@ def collect_results(plan: StudyPlan, client: Any) -> StudyResults:
         {k: (sum(v) / len(v) if v else None) for k, v in wall.items()},
         runs,
         evaluations,
+        looks,
+        p_fdr,
+        states,
+        schedule,
     )
 
 
@@ -166,6 +201,17 @@ def _report_markdown(plan: StudyPlan, results: StudyResults, figures: Mapping[st
     lines += ["", "## Expected outcomes", ""]
     lines += claims_table(plan, results.evaluations)
     lines += ["", *claim_sentences(plan, results.evaluations)]
+    lines += ["", "### What these seeds can and cannot tell", ""]
+    lines += outlook_table(results.evaluations, results.outlooks, results.p_fdr)
+    lines += ["", fdr_line(results.evaluations, results.p_fdr)]
+    lines += adaptive_lines(plan, results)
+    if "claims" in figures:
+        caption = (
+            "Claims at a glance: each claim's difference in its favour with its 95 % CI, coloured by "
+            "verdict; grey: ± the difference these seeds detect with power 0.8; purple: no difference "
+            "± the practical margin."
+        )
+        lines += ["", f"![{caption}]({figures['claims']})", "", f"*{caption}*"]
     if study.unchecked:
         lines += ["", "Not tested here (the study has no measurement for them):", ""]
         lines += [f"- {u}" for u in study.unchecked]
@@ -174,6 +220,7 @@ def _report_markdown(plan: StudyPlan, results: StudyResults, figures: Mapping[st
         "## Decision rule",
         "",
         *rule_lines(),
+        *outlook_rule_lines(study),
         "",
         "## Runs",
         "",
@@ -379,6 +426,10 @@ def _figures(plan: StudyPlan, results: StudyResults, out: Path) -> dict[str, str
     if curves:
         fig = figures.plot_study_curves(study.title, curves)
         written["curves"] = figures.save_figure(fig, out / "learning_curves.png", dpi=110).name
+    rows = claim_rows(results.evaluations, results.outlooks)
+    if rows:
+        fig = figures.plot_claim_intervals(f"{study.title}: claims at a glance", rows)
+        written["claims"] = figures.save_figure(fig, out / "claims.png", dpi=110).name
     return written
 
 
@@ -413,11 +464,59 @@ def results_json(plan: StudyPlan, results: StudyResults) -> dict[str, Any]:
                 "ci": list(e.ci),
                 "cohen_d": e.cohen_d,
                 "sentence": e.sentence,
+                **outlook_json(o, p),
             }
-            for e in results.evaluations
+            for e, o, p in zip(
+                results.evaluations,
+                results.outlooks or [None] * len(results.evaluations),
+                results.p_fdr or [math.nan] * len(results.evaluations),
+                strict=True,
+            )
         ],
         "runs": [{"variant": v, "seed": s, "run_id": r.info.run_id} for v, s, r in results.runs],
+        "fdr": fdr_summary(results.evaluations, results.p_fdr),
+        "margins": plan.study.margins,
+        "seeds_per_variant": {vp.variant.name: plan.seeds_of(vp.variant.name) for vp in plan.variants},
+        "adaptive": None
+        if results.schedule is None
+        else {
+            "looks": list(results.schedule.looks),
+            "spending": results.schedule.spending,
+            "nominal_alpha": list(results.schedule.nominal),
+            "claims": [
+                {"claim": st.claim.text, "state": st.state, "seeds": st.seeds, "alpha": st.nominal_alpha}
+                for st in results.sequential
+            ],
+        },
     }
+
+
+def adaptive_lines(plan: StudyPlan, results: StudyResults) -> list[str]:
+    """The report's section on adaptive seeds: the planned looks and where each claim stopped."""
+    schedule = results.schedule
+    if schedule is None:
+        return []
+    levels = ", ".join(f"{n} seeds: {a:.2g}" for n, a in zip(schedule.looks, schedule.nominal, strict=True))
+    fixed = len(plan.variants) * schedule.max_seeds
+    lines = [
+        "",
+        "### Adaptive seeds",
+        "",
+        f"Seeds were added in planned blocks ({' → '.join(map(str, schedule.looks))} per variant) only to "
+        f"the variants of claims still undecided. Each look tests at its {schedule.spending} alpha-spending "
+        f"level ({levels}), so a claim's chance of a false 'supported' stays at most {schedule.alpha:g} "
+        f"(docs/studies.md). Runs: {plan.total}, against {fixed} for a fixed design at "
+        f"{schedule.max_seeds} seeds.",
+        "",
+        "| # | claim | state | decided at | level | seeds needed at the observed effect |",
+        "|---|---|---|---|---:|---|",
+    ]
+    for i, st in enumerate(results.sequential, 1):
+        needed = str(st.seeds_needed) if st.seeds_needed is not None else f"more than {schedule.max_seeds}"
+        where = f"{st.seeds} seeds" if st.look >= 0 else "no look yet"
+        level = "–" if st.look < 0 else f"{st.nominal_alpha:.2g}"
+        lines.append(f"| {i} | {st.claim.text} | {st.state} | {where} | {level} | {needed} |")
+    return lines
 
 
 def fmt_int(value: Any) -> str:

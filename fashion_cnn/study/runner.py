@@ -170,7 +170,8 @@ def run_studies(
         client = clients[plan.tracking_uri]
         if plan.parent_id is not None:
             store.find_runs(plan, client)
-        all_results.append((plan, collect_results(plan, client)))
+        schedule = schedules.get(plan.study.name)
+        all_results.append((plan, collect_results(plan, client, max_seeds, schedule)))
         if plan.parent_id is None:
             progress.note(f"[{plan.study.name}] no runs yet; nothing to report")
             continue

@@ -9,6 +9,7 @@ that name real variants, configs that exist) is checked next, naming the key and
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from fashion_cnn.study.claims import Claim, Metric, is_number, parse_claim
 DEFAULT_SEEDS = 3
 DEFAULT_METRICS: dict[str, Literal["higher", "lower"] | None] = {"test/acc": "higher", "test/loss": "lower"}
 DEFAULT_CURVES = ("val/acc", "val/loss")
+DEFAULT_MARGIN = 0.01  # practical margin of a metric the study file gives none: 1 accuracy point, 0.01 loss
 
 # Settings a study controls for every run; neither the study file nor the command line may set them.
 RESERVED = {
@@ -88,6 +90,9 @@ class StudyFile:
         seeds: A seed count (3 -> 0, 1, 2) or a list of seeds.
         metrics: The metrics compared, each "higher" or "lower" (is better).
         curves: Metrics logged per epoch, drawn as learning curves.
+        margins: Practical margin per metric, in its units: a difference below it does not matter
+            (default 0.01 for every metric); the report states equivalence when the data rule out
+            every larger difference.
         expected: Claims, as text or as {claim, journal}.
         unchecked: Expectations of the journal this study cannot test, with why.
     """
@@ -104,6 +109,7 @@ class StudyFile:
         default_factory=lambda: dict(DEFAULT_METRICS)
     )
     curves: list[str] = field(default_factory=lambda: list(DEFAULT_CURVES))
+    margins: dict[str, float] = field(default_factory=dict)
     expected: list[str | dict[str, Any]] = field(default_factory=list)  # dicts: ClaimFile
     unchecked: list[str] = field(default_factory=list)
 
@@ -117,6 +123,7 @@ _HINTS = {
     "variants": "a list of variants, each with a name and overrides",
     "expected": "a list of claims, e.g. ['a beats b on test/loss', {claim: ..., journal: ...}]",
     "curves": "a list of metric names logged per epoch, e.g. [val/acc, val/loss]",
+    "margins": "a practical margin per metric, e.g. {test/loss: 0.01, test/acc: 0.005}",
     "unchecked": "a list of texts",
 }
 
@@ -153,6 +160,7 @@ class Study:
     variants: list[Variant]
     claims: list[Claim]
     unchecked: list[str] = field(default_factory=list)
+    margins: dict[str, float] = field(default_factory=dict)  # metric -> practical margin, every metric
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.metrics if m.name == name)
@@ -223,6 +231,7 @@ def load_study(path: str | Path) -> Study:
         variants=variants,
         claims=claims,
         unchecked=[" ".join(u.split()) for u in spec.unchecked],
+        margins=_margins(spec.margins, metrics, where),
     )
 
 
@@ -309,6 +318,23 @@ def _metrics(value: Mapping[str, str | None], where: str) -> list[Metric]:
                 )
         metrics.append(Metric(name, direction))  # type: ignore[arg-type]
     return metrics
+
+
+def _margins(value: Mapping[str, float], metrics: Sequence[Metric], where: str) -> dict[str, float]:
+    """Every metric's practical margin: the file's, else :data:`DEFAULT_MARGIN`."""
+    names = [m.name for m in metrics]
+    for name, margin in value.items():
+        if name not in names:
+            raise StudyError(
+                f"{where}: margins: {name!r} is not one of the study's metrics ({', '.join(names)}); "
+                "name one of those or add it under metrics:"
+            )
+        if not (math.isfinite(margin) and margin > 0):
+            raise StudyError(
+                f"{where}: margins: {name}: {margin} is not a positive number; give the smallest "
+                f"difference that matters in {name}'s units, e.g. {{{name}: {DEFAULT_MARGIN}}}"
+            )
+    return {name: float(value.get(name, DEFAULT_MARGIN)) for name in names}
 
 
 def parse_seeds(value: int | Sequence[int], where: str = "seeds") -> list[int]:

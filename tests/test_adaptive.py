@@ -1,0 +1,89 @@
+"""Adaptive seeds in the study runner: which variants get more seeds, and a rerun that goes on.
+
+The statistics (boundaries, error rates) are tested in tests/test_sequential.py; here the runner's
+use of them, on results written by hand (no training), and one tiny real adaptive study.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fashion_cnn.experiment import ConfigResolver
+from fashion_cnn.runs.progress import Progress
+from fashion_cnn.study import StudyError, load_study, plan_study
+from fashion_cnn.study.runner import _grow, _schedules
+
+STUDY = """
+title: Adaptive
+hypothesis: a learns, c does not; a and b are close.
+variants:
+  - {name: a, overrides: {model.filters: 4}}
+  - {name: b, overrides: {model.filters: 5}}
+  - {name: c, overrides: {model.filters: 6}}
+expected:
+  - a beats c on test/acc
+  - a beats b on test/acc
+"""
+
+
+class Notes(Progress):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def note(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def _plan(tmp_path: Path, seeds: int = 3):
+    path = tmp_path / "adaptive.yaml"
+    path.write_text(STUDY)
+    return plan_study(load_study(path), [], list(range(seeds)), "e", tmp_path, ConfigResolver())
+
+
+def _finish(plan, values: dict[str, list[float]]) -> None:
+    """Finished runs with these test/acc values, one per seed in order."""
+    for variant, accs in values.items():
+        for seed, acc in zip(plan.seeds_of(variant), accs, strict=False):
+            plan.finished[(variant, seed)] = SimpleNamespace(data=SimpleNamespace(metrics={"test/acc": acc}))
+
+
+def test_only_the_variants_of_undecided_claims_get_more_seeds(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    schedule = _schedules([plan], 12)[plan.study.name]
+    assert schedule.looks == (3, 5, 8, 12)
+    _finish(plan, {"a": [0.80, 0.82, 0.81], "b": [0.80, 0.81, 0.79], "c": [0.10, 0.11, 0.09]})
+    progress = Notes()
+    assert _grow(plan, schedule, progress)
+    # a beats c is decided at the first look; a beats b is not: a and b go on to 5 seeds, c stays.
+    assert plan.seeds_of("c") == [0, 1, 2]
+    assert plan.seeds_of("a") == plan.seeds_of("b") == [0, 1, 2, 3, 4]
+    assert {(v, s) for v, s in ((vp.variant.name, s) for vp, s in plan.todo)} == {
+        ("a", 3), ("a", 4), ("b", 3), ("b", 4)
+    }
+    assert "more seeds for a (to 5), b (to 5)" in progress.lines[-1]
+    assert not _grow(plan, schedule, progress)  # nothing new to judge until those seeds finish
+
+
+def test_a_rerun_goes_on_from_the_block_where_it_stopped(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    schedule = _schedules([plan], 12)[plan.study.name]
+    # Runs of an earlier invocation: the first block and the second, finished.
+    done = {"a": [0.80, 0.82, 0.81, 0.83, 0.80], "b": [0.80, 0.81, 0.79, 0.81, 0.80], "c": [0.1, 0.11, 0.09]}
+    plan.grow("a", 5)
+    plan.grow("b", 5)
+    _finish(plan, done)
+    plan.added.clear()  # a fresh invocation knows only the study's seeds ...
+    assert _grow(plan, schedule, Notes(), until_missing=True)
+    # ... and judges its way to the first block with runs missing.
+    assert len(plan.seeds_of("a")) == len(plan.seeds_of("b")) >= 8 and plan.seeds_of("c") == [0, 1, 2]
+    assert plan.todo and all(vp.variant.name in ("a", "b") for vp, _ in plan.todo)
+
+
+def test_max_seeds_below_the_seeds_asked_for_is_refused(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, seeds=5)
+    with pytest.raises(StudyError, match="--max_seeds 3 is below the 5 seeds asked for"):
+        _schedules([plan], 3)
