@@ -154,6 +154,12 @@ def run_studies(
         for plan in plans:
             for line in describe_plan(plan):
                 progress.note(line)
+        for name, schedule in schedules.items():
+            levels = ", ".join(f"{a:.2g}" for a in schedule.nominal)
+            progress.note(
+                f"[{name}] adaptive seeds: looks at {' -> '.join(map(str, schedule.looks))} seeds per "
+                f"variant, {schedule.spending} levels {levels}; seeds go only where claims are undecided"
+            )
         return plans
     if not report_only and todo:
         executor.prepare(next(p for p in plans if p.todo).tracking_uri)
