@@ -28,7 +28,7 @@ from jsonargparse import ArgumentParser as JsonArgumentParser
 
 from fashion_cnn import __version__
 from fashion_cnn.configs import ConfigFileAction
-from fashion_cnn.errors import Interrupted, UserError
+from fashion_cnn.errors import Interrupted, UserError, sigterm_raises
 
 __all__ = ["main", "run_experiment"]  # noqa: F822 - run_experiment: see __getattr__
 
@@ -263,11 +263,14 @@ def ui(
         return 0
     server = start_server(uri, host, port)
     try:
-        sys.stderr.write(f"MLflow UI on {uri} at {base} (Ctrl+C stops it)\n")
-        for what, url in urls or [("runs", base)]:
-            sys.stdout.write(f"{what}: {url}\n")
-        sys.stdout.flush()
-        server.wait()
+        with sigterm_raises():  # SIGTERM, as Ctrl+C, stops the server too instead of orphaning it
+            sys.stderr.write(f"MLflow UI on {uri} at {base} (Ctrl+C stops it)\n")
+            for what, url in urls or [("runs", base)]:
+                sys.stdout.write(f"{what}: {url}\n")
+            sys.stdout.flush()
+            server.wait()
+    except (KeyboardInterrupt, Interrupted):
+        sys.stderr.write("fashion-cnn ui: stopped\n")
     finally:
         if server.poll() is None:
             server.terminate()

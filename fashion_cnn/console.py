@@ -173,7 +173,7 @@ class RunConsole(Callback):
         logger = mlflow_logger(trainer)
         if logger is not None:
             lines.append(
-                _line("MLflow run", f"{logger.run_id} ({logger.run_name}, experiment {_experiment(logger)})")
+                _line("run id", f"{logger.run_id} ({logger.run_name}, experiment {_experiment(logger)})")
             )
             lines.append(_line("see it", show_hint(logger.tracking_uri, logger.experiment_id, logger.run_id)))
         return lines

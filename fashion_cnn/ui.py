@@ -121,7 +121,8 @@ def start_server(
     Raises:
         UserError: The server exited (the port is taken, say) or did not answer within ``timeout``.
     """
-    process = subprocess.Popen(server_command(tracking_uri, host, port), cwd=cwd)
+    # The server's messages go to stderr: stdout carries only the URLs the caller prints.
+    process = subprocess.Popen(server_command(tracking_uri, host, port), cwd=cwd, stdout=sys.stderr)
     health = base_url(host, port) + "/health"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
