@@ -171,11 +171,13 @@ class RunConsole(Callback):
         if best_path:
             lines.append(_line("checkpoint", _shown(best_path)))
         logger = mlflow_logger(trainer)
-        if logger is not None:
+        if logger is not None and logger.run_id is not None:
             lines.append(
                 _line("run id", f"{logger.run_id} ({logger.run_name}, experiment {_experiment(logger)})")
             )
-            lines.append(_line("see it", show_hint(logger.tracking_uri, logger.experiment_id, logger.run_id)))
+            lines.append(
+                _line("see it", show_hint(logger.tracking_uri, str(logger.experiment_id), logger.run_id))
+            )
         return lines
 
     def log_summary(self, trainer: L.Trainer) -> None:

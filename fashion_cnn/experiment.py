@@ -270,7 +270,7 @@ class FashionCLI(LightningCLI):
                 getattr(c, "absolute", None) or str(c)
                 for c in self.config[self.subcommand].get("config") or []
             ]
-            callbacks.append(RunConsole(self.subcommand, configs, self.precision_reason))
+            callbacks.append(RunConsole(str(self.subcommand), configs, self.precision_reason))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         trainer = super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)

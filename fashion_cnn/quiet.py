@@ -100,9 +100,9 @@ def console_scope(verbose: bool = False, stream: TextIO | None = None) -> Iterat
     installed: list[tuple[logging.Logger, logging.Filter]] = []
     if not verbose:
         for name, patterns in QUIET_LOG_LINES.items():
-            logger, drop = logging.getLogger(name), _DropLines(patterns)
-            logger.addFilter(drop)
-            installed.append((logger, drop))
+            installed.append((logging.getLogger(name), _DropLines(patterns)))
+    for logger, drop in installed:
+        logger.addFilter(drop)
     try:
         with warnings.catch_warnings():
             if not verbose:

@@ -37,8 +37,9 @@ def experiment_url(base: str, experiment_id: str) -> str:
 
 
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
-    """The URL of one run's page (its metrics, params, artifacts; a parent's page links its children)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    """The URL of one run's page in the Model training view (its metrics, params, artifacts; a
+    parent run's page lists its child runs)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
 
 
 def show_hint(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:

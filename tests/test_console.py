@@ -87,7 +87,9 @@ def test_fit_console_says_what_matters_once(tmp_path: Path) -> None:
         "--trainer.enable_model_summary=true",
         "--trainer.precision=bf16-mixed",  # the model summary warns about bf16: filtered
     ]
-    done = subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
     console = done.stdout + done.stderr
     assert done.returncode == 0, console[-3000:]
 
@@ -95,7 +97,14 @@ def test_fit_console_says_what_matters_once(tmp_path: Path) -> None:
     (run,) = client.search_runs([client.get_experiment_by_name("fashion-cnn").experiment_id])
     run_id = run.info.run_id
     # The header: each line once.
-    for label in ("fashion-cnn fit: configs/debug.yaml", "  device ", "  precision ", "  MLflow run ", "  store ", "  checkpoints "):
+    for label in (
+        "fashion-cnn fit: configs/debug.yaml",
+        "  device ",
+        "  precision ",
+        "  MLflow run ",
+        "  store ",
+        "  checkpoints ",
+    ):
         assert console.count(label) == 1, (label, console)
     assert "bf16-mixed (as configured)" in console
     assert sum("debug.yaml" in line for line in console.splitlines()) == 1  # the config is named once
@@ -182,16 +191,30 @@ def test_show_hint_names_the_store_only_when_needed(tmp_path: Path, monkeypatch:
     assert show_hint(local, "3", "abc") == "fashion-cnn ui --run abc"
     assert show_hint(local, "3") == "fashion-cnn ui --experiment_id 3"
     other = "sqlite:////elsewhere/my runs.db"
-    assert show_hint(other, "3", "abc") == "fashion-cnn ui --tracking_uri 'sqlite:////elsewhere/my runs.db' --run abc"
+    assert (
+        show_hint(other, "3", "abc")
+        == "fashion-cnn ui --tracking_uri 'sqlite:////elsewhere/my runs.db' --run abc"
+    )
     server = "http://tracking:5000"
-    assert show_hint(server, "3", "abc") == "http://tracking:5000/#/experiments/3/runs/abc"
+    assert (
+        show_hint(server, "3", "abc")
+        == "http://tracking:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )
     assert show_hint(server, "3") == "http://tracking:5000/#/experiments/3?workflowType=machine_learning"
 
 
 def test_fit_help_shows_every_option(capsys: pytest.CaptureFixture) -> None:
     assert main(["fit", "--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--trainer.max_epochs", "--model.dropout", "--data.batch_size", "--checkpoint.monitor", "--run_name", "--output_dir", "--verbose"):
+    for option in (
+        "--trainer.max_epochs",
+        "--model.dropout",
+        "--data.batch_size",
+        "--checkpoint.monitor",
+        "--run_name",
+        "--output_dir",
+        "--verbose",
+    ):
         assert option in out, option
 
 
@@ -216,7 +239,11 @@ def test_commands_that_train_nothing_import_no_torch_lightning_or_mlflow(args: l
         "sys.stderr.write(f'HEAVY={heavy}')"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, *args], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code, *args],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert "HEAVY=[]" in done.stderr, done.stderr[-2000:]
 
@@ -255,7 +282,9 @@ def test_ui_serves_the_runs_over_http(tmp_path: Path) -> None:
     try:
         line = ui.stdout.readline()  # printed once the server answers
         base = f"http://127.0.0.1:{port}"
-        assert line.strip() == f"run debug-seed0: {run_url(base, experiment_id, run_id)}", ui.stderr.read() if not line else line
+        assert line.strip() == f"run debug-seed0: {run_url(base, experiment_id, run_id)}", (
+            line or ui.stderr.read()
+        )
         page = _get(line.split(": ", 1)[1].strip()).decode()
         assert "<title>MLflow</title>" in page
         got = json.loads(_get(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}"))
@@ -269,4 +298,6 @@ def test_ui_serves_the_runs_over_http(tmp_path: Path) -> None:
     assert code == 0
     with pytest.raises(OSError):  # the server went with it
         _get(f"http://127.0.0.1:{port}/health")
-    assert experiment_url(base, experiment_id).endswith(f"/#/experiments/{experiment_id}?workflowType=machine_learning")
+    assert experiment_url(base, experiment_id).endswith(
+        f"/#/experiments/{experiment_id}?workflowType=machine_learning"
+    )
