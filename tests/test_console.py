@@ -301,3 +301,21 @@ def test_ui_serves_the_runs_over_http(tmp_path: Path) -> None:
     assert experiment_url(base, experiment_id).endswith(
         f"/#/experiments/{experiment_id}?workflowType=machine_learning"
     )
+
+
+def test_verbose_is_the_consoles_option_not_the_runs(capsys: pytest.CaptureFixture) -> None:
+    assert main(["fit", "--config", "configs/debug.yaml", "--verbose", "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    assert "seed_everything: 0" in printed and not re.search(r"^verbose:", printed, re.M)
+
+
+def test_precision_reasons() -> None:
+    from fashion_cnn.console import precision_reason
+    from fashion_cnn.speed import cpu_bf16_feature
+
+    feature = cpu_bf16_feature()
+    if feature is not None:
+        assert precision_reason("cpu", "bf16-mixed") == f"bf16 autocast: this CPU has {feature}"
+    assert precision_reason("cpu", "32-true").startswith("fp32: this CPU has no native bf16")
+    assert precision_reason("gpu", "bf16-mixed") == "bf16 autocast: this GPU computes bf16"
+    assert precision_reason("mps", "32-true") == "32-true: the default on mps"
