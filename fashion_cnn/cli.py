@@ -261,9 +261,14 @@ def ui(
         for what, url in urls:
             sys.stdout.write(f"{what}: {url}\n")
         return 0
-    server = start_server(uri, host, port)
     try:
         with sigterm_raises():  # SIGTERM, as Ctrl+C, stops the server too instead of orphaning it
+            server = start_server(uri, host, port)
+    except (KeyboardInterrupt, Interrupted):
+        sys.stderr.write("fashion-cnn ui: stopped\n")
+        return 0
+    try:
+        with sigterm_raises():
             sys.stderr.write(f"MLflow UI on {uri} at {base} (Ctrl+C stops it)\n")
             for what, url in urls or [("runs", base)]:
                 sys.stdout.write(f"{what}: {url}\n")

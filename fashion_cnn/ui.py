@@ -126,18 +126,22 @@ def start_server(
     process = subprocess.Popen(server_command(tracking_uri, host, port), cwd=cwd, stdout=sys.stderr)
     health = base_url(host, port) + "/health"
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise UserError(
-                f"the MLflow UI server stopped at start (exit status {process.returncode}; its "
-                f"messages are above). Is port {port} taken? Pass another with --port."
-            )
-        try:
-            with urllib.request.urlopen(health, timeout=2) as response:  # noqa: S310 - http only
-                response.read(16)
-            return process
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    process.terminate()
-    process.wait(timeout=10)
-    raise UserError(f"the MLflow UI server did not answer at {health} within {timeout:.0f} s")
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise UserError(
+                    f"the MLflow UI server stopped at start (exit status {process.returncode}; its "
+                    f"messages are above). Is port {port} taken? Pass another with --port."
+                )
+            try:
+                with urllib.request.urlopen(health, timeout=2) as response:  # noqa: S310 - http only
+                    response.read(16)
+                return process
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
+        raise UserError(f"the MLflow UI server did not answer at {health} within {timeout:.0f} s")
+    except BaseException:  # not answering, Ctrl+C or SIGTERM while waiting: no server is left behind
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+        raise

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import warnings
 from pathlib import Path
@@ -319,3 +320,48 @@ def test_precision_reasons() -> None:
     assert precision_reason("cpu", "32-true").startswith("fp32: this CPU has no native bf16")
     assert precision_reason("gpu", "bf16-mixed") == "bf16 autocast: this GPU computes bf16"
     assert precision_reason("mps", "32-true") == "32-true: the default on mps"
+
+
+@pytest.mark.integration
+def test_ui_stopped_while_starting_leaves_no_server(tmp_path: Path) -> None:
+    """Ctrl+C before the server answers (the slow part: imports, schema) stops the server too."""
+    if not Path("/proc/self/cmdline").exists():
+        pytest.skip("needs /proc to find the server process")
+    from fashion_cnn.tracking import prepare_store
+
+    prepare_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "fashion-cnn")
+    port = _free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "fashion_cnn.cli", "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server_command = f"--backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def servers() -> list[str]:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                words = cmdline.read_bytes().split(b"\0")
+            except OSError:  # the process ended meanwhile
+                continue
+            if server_command in " ".join(w.decode(errors="replace") for w in words):
+                found.append(cmdline.parent.name)
+        return found
+
+    try:
+        deadline = time.monotonic() + 300  # the command imports MLflow first: slow on a busy machine
+        while not servers() and ui.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # interrupt as soon as the server process exists, before it answers
+        assert servers(), ui.stderr.read() if ui.poll() is not None else "no server started"
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(timeout=60) == 0
+    finally:
+        if ui.poll() is None:
+            ui.send_signal(signal.SIGINT)
+            ui.wait(timeout=60)
+    time.sleep(1)
+    assert servers() == []
