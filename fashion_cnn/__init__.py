@@ -1,8 +1,8 @@
 """fashion_cnn: configurable CNN experiments on Fashion-MNIST with PyTorch Lightning and MLflow.
 
 ``FashionCNNNet`` and ``ConvBlock`` are plain ``nn.Module``s; importing them does not import
-Lightning. The Lightning parts (``FashionCNN``, ``FashionMNISTDataModule``,
-``ImageFolderDataModule``) load on first use.
+Lightning. Every name loads on first use, so ``import fashion_cnn`` (and the ``fashion-cnn --help``
+that needs it) imports neither torch nor Lightning.
 """
 
 from __future__ import annotations
@@ -14,20 +14,25 @@ from typing import TYPE_CHECKING, Any
 # ``fashion-cnn --version``, ``fashion_cnn.__version__`` and the wheel's metadata agree, also in a
 # source tree that was never installed.
 from fashion_cnn.__about__ import __version__
-from fashion_cnn.network import ConvBlock, FashionCNNNet, count_parameters
 
 # name -> module that defines it; resolved lazily so the plain network needs no Lightning import.
 _LAZY = {
+    "ConvBlock": "fashion_cnn.network",
+    "FashionCNNNet": "fashion_cnn.network",
+    "count_parameters": "fashion_cnn.network",
     "FashionCNN": "fashion_cnn.system",
     "FashionMNISTDataModule": "fashion_cnn.data",
     "ImageFolderDataModule": "fashion_cnn.image_folder",
     "DataError": "fashion_cnn.data",
     "CLASS_NAMES": "fashion_cnn.data",
+    "run_experiment": "fashion_cnn.runs.launch",
 }
 
 if TYPE_CHECKING:
     from fashion_cnn.data import CLASS_NAMES, DataError, FashionMNISTDataModule
     from fashion_cnn.image_folder import ImageFolderDataModule
+    from fashion_cnn.network import ConvBlock, FashionCNNNet, count_parameters
+    from fashion_cnn.runs.launch import run_experiment
     from fashion_cnn.system import FashionCNN
 
 
@@ -47,4 +52,5 @@ __all__ = [
     "ImageFolderDataModule",
     "__version__",
     "count_parameters",
+    "run_experiment",
 ]

@@ -88,7 +88,7 @@ def resolve_config(value: str | os.PathLike[str], what: str = "--config") -> Pat
     for suffix in SUFFIXES:
         candidate = packaged_root() / f"{name}{suffix}"
         if candidate.is_file():
-            log.info("%s %s: using the packaged config %s", what, value, candidate)
+            log.debug("%s %s: using the packaged config %s", what, value, candidate)  # a run's header says it
             return candidate
     if path.is_dir():
         raise ConfigError(f"{what} {value} is a folder; pass a YAML file or a packaged config name")

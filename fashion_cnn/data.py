@@ -454,9 +454,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.predict_set, self.eval_batch_size)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Augment uint8 training batches on the device; other batches pass through unchanged."""
+        """Augment uint8 training batches on the device; other batches pass through unchanged.
+
+        A bare tensor is no batch but the model summary's example input (its FLOPs count), which
+        Lightning also passes through this hook."""
         trainer = self.trainer
-        if trainer is None or not trainer.training:
+        if trainer is None or not trainer.training or isinstance(batch, torch.Tensor):
             return batch
         images, targets = batch
         hp = self._hp

@@ -40,6 +40,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from fashion_cnn import __version__
 from fashion_cnn.checkpoints import AtomicCheckpointIO, RunCheckpoint, read_checkpoint
 from fashion_cnn.configs import ConfigFileAction
+from fashion_cnn.console import RunConsole, precision_reason
 from fashion_cnn.data import FashionMNISTDataModule
 from fashion_cnn.errors import CheckpointError, ConfigError, Interrupted, UserError
 from fashion_cnn.evaluation import EvaluationReport
@@ -144,6 +145,7 @@ class FashionCLI(LightningCLI):
         self.extra_callbacks = list(callbacks)
         self._checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, once read
         self.run_name = "fashion-cnn"
+        self.precision_reason = "as configured"
         super().__init__(
             FashionCNN,
             FashionMNISTDataModule,
@@ -241,7 +243,9 @@ class FashionCLI(LightningCLI):
         if sub.trainer.get("precision") is None:
             # bf16 autocast where the hardware computes bf16 natively (2-2.5x on an AVX512-BF16
             # CPU); fp32 elsewhere, so no machine gets slower by default.
-            sub.trainer.precision = fast_precision(_resolve_accelerator(sub.trainer.get("accelerator")))
+            accelerator = _resolve_accelerator(sub.trainer.get("accelerator"))
+            sub.trainer.precision = fast_precision(accelerator)
+            self.precision_reason = precision_reason(accelerator, sub.trainer.precision)
         check_writable(Path(sub.output_dir), "--output_dir")
         logger = sub.trainer.get("logger")
         if isinstance(logger, Mapping) or hasattr(logger, "init_args"):
@@ -263,6 +267,12 @@ class FashionCLI(LightningCLI):
             callbacks.append(default_progress_bar())
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter(self._predictions_path()))
+        if not any(isinstance(c, RunConsole) for c in callbacks):
+            configs = [
+                getattr(c, "absolute", None) or str(c)
+                for c in self.config[self.subcommand].get("config") or []
+            ]
+            callbacks.append(RunConsole(str(self.subcommand), configs, self.precision_reason))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         trainer = super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
@@ -270,6 +280,12 @@ class FashionCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
+        hp = self.model.hparams
+        if self.model.example_input_array is None and {"in_channels", "image_size"} <= set(hp):
+            # Lightning's model summary counts FLOPs by running this input; without one its FLOPs
+            # column is 0 for every layer. One uint8 image: the forward FLOPs per image.
+            size = (1, hp["in_channels"], hp["image_size"], hp["image_size"])
+            self.model.example_input_array = torch.zeros(size, dtype=torch.uint8)
         logger = mlflow_logger(self.trainer)
         if logger is not None and logger.resumes:
             logger.reopen()
@@ -288,6 +304,9 @@ class FashionCLI(LightningCLI):
             logger.experiment.set_tag(logger.run_id, BEST_CHECKPOINT_TAG, str(Path(best).resolve()))
         if self._tests_after_fit():
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+        console = next((c for c in self.trainer.callbacks if isinstance(c, RunConsole)), None)  # type: ignore[attr-defined]
+        if console is not None:
+            console.log_summary(self.trainer)
 
     def _tests_after_fit(self) -> bool:
         return bool(self.config[self.subcommand].test_after_fit) and self.trainer.limit_test_batches != 0

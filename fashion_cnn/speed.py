@@ -20,7 +20,16 @@ def cpu_has_fast_bf16() -> bool:
     Without these instructions PyTorch emulates bf16 on the CPU, which is slower than fp32, so the
     answer must be a real capability check, not "bf16 is supported".
     """
-    return bool({"avx512_bf16", "amx_bf16"} & set(_cpuinfo("flags").split()))
+    return cpu_bf16_feature() is not None
+
+
+def cpu_bf16_feature() -> str | None:
+    """The instruction set that gives this CPU native bf16 ("AVX512-BF16", "AMX-BF16"), else None."""
+    flags = set(_cpuinfo("flags").split())
+    return next((name for flag, name in _BF16_FLAGS.items() if flag in flags), None)
+
+
+_BF16_FLAGS = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}  # /proc/cpuinfo flag -> name
 
 
 @functools.cache

@@ -17,11 +17,9 @@ Each piece here defuses one known LightningCLI + MLFlowLogger trap (see ``docs/c
 from __future__ import annotations
 
 import logging
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -32,11 +30,22 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from fashion_cnn.errors import TrackingError
+from fashion_cnn.tracking_uri import DEFAULT_TRACKING_URI, is_server, resolve_tracking_uri, sqlite_file
+
+__all__ = [  # the store resolution lives in tracking_uri (no Lightning import); re-exported here
+    "DEFAULT_TRACKING_URI",
+    "LogConfigToMLflow",
+    "MLflowLogger",
+    "RunIdInCheckpoint",
+    "is_server",
+    "mlflow_logger",
+    "prepare_store",
+    "resolve_tracking_uri",
+    "sqlite_file",
+]
 
 log = logging.getLogger(__name__)
 
-_SQLITE_PREFIX = "sqlite:///"
-DEFAULT_TRACKING_URI = _SQLITE_PREFIX + "mlflow.db"
 RUN_ID_KEY = "mlflow_run_id"
 TRACKING_URI_KEY = "mlflow_tracking_uri"
 BEST_CHECKPOINT_TAG = "best_checkpoint"
@@ -44,29 +53,6 @@ BEST_CHECKPOINT_TAG = "best_checkpoint"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 SERVER_TIMEOUT_S = 5.0  # how long a tracking server may take to answer the first request
-
-
-def resolve_tracking_uri(tracking_uri: str | None) -> str:
-    """The tracking URI to use: the argument, else ``MLFLOW_TRACKING_URI``, else local sqlite.
-
-    A relative sqlite path is made absolute: MLflow caches stores by URI string, so a process
-    that changes directory would otherwise keep writing to the first folder's database.
-    """
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    db = sqlite_file(uri)
-    if db is None or db.is_absolute():
-        return uri
-    return _SQLITE_PREFIX + str(db.resolve())
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (relative or absolute), else None."""
-    return Path(uri[len(_SQLITE_PREFIX) :]) if uri.startswith(_SQLITE_PREFIX) else None
-
-
-def is_server(uri: str) -> bool:
-    """Whether ``uri`` names a tracking server (which processes on other machines can reach)."""
-    return uri.startswith(("http://", "https://"))
 
 
 def check_server(uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:

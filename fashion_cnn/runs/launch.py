@@ -110,7 +110,9 @@ def launch(spec: RunSpec) -> RunOutcome:
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def ended(state: State, error: str = "", **found: Any) -> RunOutcome:
-        return RunOutcome(spec.key, state, wall_s=time.perf_counter() - start, worker=worker, error=error, **found)
+        return RunOutcome(
+            spec.key, state, wall_s=time.perf_counter() - start, worker=worker, error=error, **found
+        )
 
     with open(log_file, "a", encoding="utf-8") as out, console_to(out), torch_threads(spec.threads):
         try:

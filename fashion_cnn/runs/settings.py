@@ -82,8 +82,6 @@ def hashable(resolved: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_HASHED)}
 
 
-
-
 def typed(
     schema: type,
     raw: Mapping[str, Any],
@@ -135,11 +133,16 @@ def typed(
         key, text = (match.group(1), match.group(2)) if match else ("", message)
         # A union's report ("Does not validate against any of the Union subtypes ...") as
         # "expected float, got 'abc'".
-        given, expected = re.search(r"Given value: (.*)$", text), re.search(r"Expected a <class '(\w+)'>", text)
+        given, expected = (
+            re.search(r"Given value: (.*)$", text),
+            re.search(r"Expected a <class '(\w+)'>", text),
+        )
         if shorten and given and expected:
             text = f"expected {expected.group(1)}, got {given.group(1)!r}"
         fix = (fixes or {}).get(key.split(".")[0])
-        raise error(f"{where}: {key + ': ' if key else ''}{text}" + (f"; write {fix}" if fix else "")) from None
+        raise error(
+            f"{where}: {key + ': ' if key else ''}{text}" + (f"; write {fix}" if fix else "")
+        ) from None
     return schema(**{name: parsed.get(name) for name in fields if name in parsed})
 
 
