@@ -62,7 +62,10 @@ def test_only_the_variants_of_undecided_claims_get_more_seeds(tmp_path: Path) ->
     assert plan.seeds_of("c") == [0, 1, 2]
     assert plan.seeds_of("a") == plan.seeds_of("b") == [0, 1, 2, 3, 4]
     assert {(v, s) for v, s in ((vp.variant.name, s) for vp, s in plan.todo)} == {
-        ("a", 3), ("a", 4), ("b", 3), ("b", 4)
+        ("a", 3),
+        ("a", 4),
+        ("b", 3),
+        ("b", 4),
     }
     assert "more seeds for a (to 5), b (to 5)" in progress.lines[-1]
     assert not _grow(plan, schedule, progress)  # nothing new to judge until those seeds finish

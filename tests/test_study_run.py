@@ -110,6 +110,9 @@ def test_tiny_study_end_to_end_with_restart(
     assert sorted(second.calls) == sorted([first.calls[2], ("four", 1)])
     # The console: one progress display and a line per run; Lightning's output is in the run logs.
     assert "done, 0 running, 0 failed, 0 left" in err and "test/acc" in err
+    # What runs where, where the report is, and the command that shows the runs (issue 23).
+    assert "study: runs train on the serial executor (in this process, all cores each)" in err
+    assert "[tiny] see its runs: fashion-cnn ui --run " in err
     for noise in ("GPU available", "Test metric", "LOCAL_RANK", "Tip:", "┏"):
         assert noise not in err, noise
     logs = sorted((workdir / "studies" / "tiny" / "logs").glob("*.log"))

@@ -257,6 +257,10 @@ def test_a_stopped_sweep_continues_when_started_again(workdir: Path, capsys: pyt
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     err = capsys.readouterr().err
     assert "3 complete, 0 pruned, 1 failed" in err
+    assert (
+        "sweep: trials train on the serial executor" in err
+        and "sweep: see its runs: fashion-cnn ui --run " in err
+    )
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     parents = _runs(client, "parent")

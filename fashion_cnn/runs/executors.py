@@ -65,4 +65,13 @@ class SerialExecutor:
         return None
 
 
-__all__ = ["Executor", "OnDone", "OnStart", "SerialExecutor"]
+def describe(executor: Executor) -> str:
+    """Where runs train, in a few words: ``the ray executor, 2 runs at once, 1 torch thread each``."""
+    threads = (
+        f"{executor.threads} torch thread{'s' * (executor.threads != 1)}" if executor.threads else "all cores"
+    )
+    where = "in this process" if executor.name == "serial" else f"{executor.slots} at once"
+    return f"the {executor.name} executor ({where}, {threads} each)"
+
+
+__all__ = ["Executor", "OnDone", "OnStart", "SerialExecutor", "describe"]

@@ -168,9 +168,12 @@ def run_in_process(args: Sequence[str], callbacks: Sequence[Any] = ()) -> RunRes
     score = getattr(checkpoint, "best_model_score", None)
     best = float(score) if score is not None and math.isfinite(float(score)) else None
     logger = mlflow_logger(trainer)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if logger is not None:  # the run's final value of every metric it logged, fit's and test's
+        metrics = {**metrics, **logger.experiment.get_run(logger.run_id).data.metrics}
     return RunResult(
         run_id=None if logger is None else str(logger.run_id),
-        metrics={k: float(v) for k, v in trainer.callback_metrics.items()},
+        metrics=metrics,
         best_checkpoint=getattr(checkpoint, "best_model_path", None) or None,
         run_name=cli.run_name,
         best=best,

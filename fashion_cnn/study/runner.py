@@ -19,7 +19,7 @@ from typing import Any
 from fashion_cnn.errors import ExecutorError, Interrupted, RunFailed, StudyError, UserError, sigterm_raises
 from fashion_cnn.experiment import ConfigResolver
 from fashion_cnn.runs import records
-from fashion_cnn.runs.executors import Executor, SerialExecutor
+from fashion_cnn.runs.executors import Executor, SerialExecutor, describe
 from fashion_cnn.runs.launch import RunOutcome, RunSpec
 from fashion_cnn.runs.progress import Progress
 from fashion_cnn.study import store
@@ -36,6 +36,7 @@ from fashion_cnn.study.plan import (
 from fashion_cnn.study.report import collect_results, write_report
 from fashion_cnn.study.spec import load_study
 from fashion_cnn.tracking import prepare_store, sqlite_file
+from fashion_cnn.ui import show_hint
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,11 @@ def run_studies(
         return plans
     if not report_only and todo:
         executor.prepare(next(p for p in plans if p.todo).tracking_uri)
+        stores = sorted({p.tracking_uri for p in plans})
+        progress.note(
+            f"runs train on {describe(executor)}; MLflow experiment {experiment} in {', '.join(stores)}; "
+            f"reports in {', '.join(str(p.output) for p in plans)}"
+        )
         try:
             _train(plans, clients, executor, progress, reuse)
             # Adaptive seeds: each block's runs train together (in parallel on Ray), then the claims
@@ -183,6 +189,10 @@ def run_studies(
             continue
         report = write_report(plan, client, all_results[-1][1])
         progress.note(f"[{plan.study.name}] report written to {report}")
+        experiment_id = client.get_run(plan.parent_id).info.experiment_id
+        progress.note(
+            f"[{plan.study.name}] see its runs: {show_hint(plan.tracking_uri, experiment_id, plan.parent_id)}"
+        )
     if combined_report is not None:
         path = write_combined_report(all_results, combined_report, command, comparison, rebuilt=report_only)
         progress.note(f"combined report written to {path}")

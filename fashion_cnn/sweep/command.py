@@ -69,6 +69,14 @@ def sweep(
             f"sweep: {counts.get('COMPLETE', 0)} complete, {counts.get('PRUNED', 0)} pruned, "
             f"{counts.get('FAIL', 0)} failed trials; report written to {outcome.report}\n"
         )
+    if outcome.parent_run_id is not None:
+        from mlflow.tracking import MlflowClient
+
+        from fashion_cnn.ui import show_hint
+
+        experiment_id = MlflowClient(spec.tracking_uri).get_run(outcome.parent_run_id).info.experiment_id
+        hint = show_hint(spec.tracking_uri, experiment_id, outcome.parent_run_id)
+        sys.stderr.write(f"sweep: see its runs: {hint}\n")
     if best:
         test = "  ".join(f"{k} {v:.4f}" for k, v in best["test"].items())
         sys.stderr.write(

@@ -24,7 +24,7 @@ from typing import Any
 
 from fashion_cnn.errors import Interrupted, SweepError, sigterm_raises
 from fashion_cnn.runs import records
-from fashion_cnn.runs.executors import Executor, SerialExecutor
+from fashion_cnn.runs.executors import Executor, SerialExecutor, describe
 from fashion_cnn.runs.progress import Progress
 from fashion_cnn.sweep import search
 from fashion_cnn.sweep.search import ATTR_RUN
@@ -114,6 +114,10 @@ def run_sweep(
             progress.note(f"the search has its {spec.options.n_trials} trials; raise --n_trials to add more")
         else:
             outcome.parent_run_id = open_parent(study, client, spec, experiment_id, executor)
+            progress.note(
+                f"trials train on {describe(executor)}; MLflow experiment {spec.options.experiment} in "
+                f"{spec.tracking_uri}; report, logs and checkpoints in {spec.output}"
+            )
             before = len(study.trials)
             _train(spec, storage, study, client, outcome.parent_run_id, executor, progress)
             outcome.trials_run = len(study.get_trials(deepcopy=False)) - before
