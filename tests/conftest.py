@@ -20,7 +20,18 @@ from fashion_cnn import _idx
 from fashion_cnn._idx import IMAGES_MAGIC, LABELS_MAGIC, IdxSpec
 
 REAL_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+# pytest-timeout: pyproject.toml's `timeout` (600 s) covers slow and integration tests; a fast-tier
+# test that has not finished in this many seconds is stuck (the slowest takes ~10 s on 2 busy cores).
+FAST_TIMEOUT_S = 120
 N_TRAIN, N_TEST = 200, 50  # 20 / 5 images per class
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give each fast-tier test (neither slow nor integration) the tighter FAST_TIMEOUT_S, unless
+    it sets its own ``@pytest.mark.timeout``."""
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in ("slow", "integration", "timeout")):
+            item.add_marker(pytest.mark.timeout(FAST_TIMEOUT_S))
 
 
 def idx_bytes(magic: int, array: np.ndarray) -> bytes:

@@ -822,6 +822,7 @@ def test_trainer_predict_on_a_folder_needs_no_dataset(synthetic_idx_dir, tmp_pat
 
 
 @pytest.mark.realdata
+@pytest.mark.integration
 def test_real_split_counts_classes_and_ranges(real_data_dir):
     dm = FashionMNISTDataModule(data_dir=str(real_data_dir), download=False)
     dm.prepare_data()
@@ -840,6 +841,7 @@ def test_real_split_counts_classes_and_ranges(real_data_dir):
 
 
 @pytest.mark.realdata
+@pytest.mark.integration
 def test_real_normalization_constants(real_data_dir):
     dm = FashionMNISTDataModule(data_dir=str(real_data_dir), download=False)
     dm.prepare_data()
@@ -849,6 +851,7 @@ def test_real_normalization_constants(real_data_dir):
 
 
 @pytest.mark.realdata
+@pytest.mark.integration
 def test_real_warm_start_is_fast(real_data_dir):
     durations = []
     for _ in range(3):
