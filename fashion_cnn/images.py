@@ -6,17 +6,18 @@ so a light garment sits on a black background. :func:`load_image` repeats those 
 photo of a shirt reaches the network in the form it was trained on.
 
 PIL decodes and resizes; torchvision centres the result on the canvas (``center_crop`` pads with
-black exactly as the dataset did). ``benchmarks/bench_torchvision.py`` measured the all-torchvision
-way (``torchvision.io.decode_image`` with EXIF orientation, ``transforms.v2.functional``'s
-``rgb_to_grayscale`` and antialiased ``resize``) on photo-like JPEG and PNG files from 20x20 to
-4000x3000 pixels and kept PIL, because torchvision:
+black, centred as the hand-written canvas was). ``benchmarks/bench_torchvision.py`` measured the
+all-torchvision way (``torchvision.io.decode_image`` with EXIF orientation,
+``transforms.v2.functional``'s ``rgb_to_grayscale`` and antialiased ``resize``) on photo-like JPEG
+and PNG files from 20x20 to 4000x3000 pixels and kept PIL, because torchvision:
 
-- was slower, 0.95-2.5x PIL's time per image (4000x3000 JPEG: 1.12 s against 0.71 s);
+- was slower: 0.95-3.3x PIL's time per image over two runs (4000x3000 JPEG: 0.40 s against
+  0.12 s);
 - changed the pictures the network sees: up to 40 grey levels, 0.2-9 on average, on 19-78 % of
   the pixels. Its tensor ``resize`` has no area (box) filter, only antialiased bilinear and
   bicubic; its grey conversion truncates where PIL rounds;
 - has no header-only call: a 20000x20000 PNG of 428 KiB is refused here from its header in under
-  a millisecond, while ``decode_image`` first decodes its 400 MB (7 s);
+  a millisecond, while ``decode_image`` first decodes its 400 MB (1.6-7 s);
 - refuses the alpha modes for JPEG files, so each format needs its own branch.
 """
 

@@ -580,7 +580,13 @@ def test_the_dataset_is_held_once_and_never_copied_per_epoch(synthetic_idx_dir, 
             )
 
     trainer = L.Trainer(
-        **QUIET_TRAINER, accelerator="cpu", max_epochs=3, callbacks=[Storage()], default_root_dir=tmp_path
+        **QUIET_TRAINER,
+        accelerator="cpu",
+        max_epochs=3,
+        limit_train_batches=2,  # the storage is the test, not the training: two batches an epoch
+        limit_val_batches=1,
+        callbacks=[Storage()],
+        default_root_dir=tmp_path,
     )
     trainer.fit(FashionCNN(layers=1, filters=2, hidden=8), datamodule=dm)
     assert len(seen) == 3
