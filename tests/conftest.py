@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fashion_cnn import _idx
 from fashion_cnn._idx import IMAGES_MAGIC, LABELS_MAGIC, IdxSpec
@@ -32,6 +33,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if not any(item.get_closest_marker(m) for m in ("slow", "integration", "timeout")):
             item.add_marker(pytest.mark.timeout(FAST_TIMEOUT_S))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One torch thread for each test but the slow ones (which compare against processes they start).
+
+    The tests' networks are tiny, and a second intra-op thread mostly spins: tests/test_network.py,
+    test_system.py and test_fast_commands.py took 26 s of CPU and 54 s wall with one thread, 42 s
+    and 99 s with two, on the 2 shared cores. Subprocesses, and the runs of a study or sweep
+    (``--run_cpus``), set their own.
+    """
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def idx_bytes(magic: int, array: np.ndarray) -> bytes:
