@@ -37,14 +37,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread(request: pytest.FixtureRequest) -> Iterator[None]:
-    """One torch thread for each test but the slow ones (which compare against processes they start).
+    """One torch thread for each fast-tier test (slow and integration ones keep torch's default,
+    as a user's run has it, and compare against the processes they start).
 
     The tests' networks are tiny, and a second intra-op thread mostly spins: tests/test_network.py,
     test_system.py and test_fast_commands.py took 26 s of CPU and 54 s wall with one thread, 42 s
-    and 99 s with two, on the 2 shared cores. Subprocesses, and the runs of a study or sweep
-    (``--run_cpus``), set their own.
+    and 99 s with two, on the 2 shared cores. The runs of a study or sweep set their own
+    (``--run_cpus``).
     """
-    if request.node.get_closest_marker("slow"):
+    if any(request.node.get_closest_marker(m) for m in ("slow", "integration")):
         yield
         return
     before = torch.get_num_threads()
