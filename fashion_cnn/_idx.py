@@ -6,6 +6,16 @@ wherever it came from. The upstream ``.gz`` MD5s are used for downloads only.
 
 The tables :data:`SPECS` and :data:`MIRRORS` and the directory :data:`DEBIAN_DIR` are read at call
 time, so tests can monkeypatch them to serve tiny synthetic files.
+
+The IDX parser is ours, not ``torchvision.datasets.mnist.read_image_file`` / ``read_label_file``
+(``benchmarks/bench_torchvision.py`` compares them on the real files; their speed is alike, the
+SHA-256 costs more than either parse). torchvision's reader takes a path, not the bytes this
+module has just decompressed within a size bound; its checks are ``assert`` statements (gone
+under ``python -O``) and ``strict=False`` skips its length check, so a truncated file, trailing
+bytes, a wrong count or a labels file read as images all end in a bare ``RuntimeError`` about a
+tensor view, and an empty file in "invalid literal for int()", none naming the file; it checks
+no content checksum (a changed pixel passes), and it returns labels as int64. :func:`parse_idx`
+checks the magic, the count, the dimensions, the length and the SHA-256, and says which failed.
 """
 
 import contextlib

@@ -154,6 +154,10 @@ def plot_reliability(bins: CalibrationBins) -> Figure:
     return fig
 
 
+_TITLE_BAND = 0.25  # of an image's height: the white band above it that holds its title
+_GRID_PADDING = 2  # pixels between the images of the grid of mistakes
+
+
 def plot_mistakes(
     images: torch.Tensor,
     targets: torch.Tensor,
@@ -161,24 +165,43 @@ def plot_mistakes(
     confidence: torch.Tensor,
     class_names: Sequence[str],
 ) -> Figure:
-    """A grid of images (K, 1, H, W) in [0, 1], each titled with its true and predicted class."""
+    """A grid of images (K, 1, H, W) in [0, 1], each titled with its true and predicted class.
+
+    torchvision's ``make_grid`` tiles the images (each with a white band on top for its title)
+    into one picture drawn by a single ``imshow``: a quarter of the time of one matplotlib axes
+    per image for 25 images (``benchmarks/bench_torchvision.py``).
+    """
+    from torchvision.utils import make_grid
+
     count = len(images)
-    cols = min(5, max(count, 1))
-    rows = max(math.ceil(count / cols), 1)
-    fig = new_figure(2.0 * cols, 2.2 * rows + 0.4)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i >= count:
-            continue
-        ax.imshow(images[i, 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-        ax.set_title(
+    if not count:
+        fig = new_figure(2.0, 2.6)
+        fig.add_subplot().set_axis_off()
+        fig.suptitle("No misclassified test image")
+        return fig
+    cols = min(5, count)
+    height, width = images.shape[-2:]
+    band = math.ceil(height * _TITLE_BAND)  # white space above each image for its two-line title
+    titled = torch.nn.functional.pad(images.float().clamp(0.0, 1.0), (0, 0, band, 0), value=1.0)
+    grid = make_grid(titled, nrow=cols, padding=_GRID_PADDING, pad_value=1.0)[0]  # (H', W')
+    inches_per_pixel = 2.0 / (width + _GRID_PADDING)  # 2 inches per image across, as before
+    fig = new_figure(2.0 * cols, grid.shape[0] * inches_per_pixel + 0.3)
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    step_x, step_y = width + _GRID_PADDING, height + band + _GRID_PADDING
+    for i in range(count):
+        row, col = divmod(i, cols)
+        ax.text(
+            _GRID_PADDING + col * step_x + (width - 1) / 2,
+            _GRID_PADDING + row * step_y + band - 1.5,
             f"true: {class_names[int(targets[i])]}\npred: {class_names[int(preds[i])]} "
             f"({float(confidence[i]):.2f})",
             fontsize=8,
+            ha="center",
+            va="bottom",
         )
-    title = "Most confidently misclassified test images" if count else "No misclassified test image"
-    fig.suptitle(title)
+    fig.suptitle("Most confidently misclassified test images")
     return fig
 
 

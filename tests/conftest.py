@@ -15,12 +15,45 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fashion_cnn import _idx
 from fashion_cnn._idx import IMAGES_MAGIC, LABELS_MAGIC, IdxSpec
 
 REAL_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+# pytest-timeout: pyproject.toml's `timeout` (600 s) covers slow and integration tests; a fast-tier
+# test that has not finished in this many seconds is stuck (the slowest takes ~10 s on 2 busy cores).
+FAST_TIMEOUT_S = 120
 N_TRAIN, N_TEST = 200, 50  # 20 / 5 images per class
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give each fast-tier test (neither slow nor integration) the tighter FAST_TIMEOUT_S, unless
+    it sets its own ``@pytest.mark.timeout``."""
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in ("slow", "integration", "timeout")):
+            item.add_marker(pytest.mark.timeout(FAST_TIMEOUT_S))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One torch thread for each fast-tier test (slow and integration ones keep torch's default,
+    as a user's run has it, and compare against the processes they start).
+
+    The tests' networks are tiny, and a second intra-op thread mostly spins: tests/test_network.py,
+    test_system.py and test_fast_commands.py took 26 s of CPU and 54 s wall with one thread, 42 s
+    and 99 s with two, on the 2 shared cores. The runs of a study or sweep set their own
+    (``--run_cpus``).
+    """
+    if any(request.node.get_closest_marker(m) for m in ("slow", "integration")):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def idx_bytes(magic: int, array: np.ndarray) -> bytes:

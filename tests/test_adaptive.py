@@ -90,3 +90,58 @@ def test_max_seeds_below_the_seeds_asked_for_is_refused(tmp_path: Path) -> None:
     plan = _plan(tmp_path, seeds=5)
     with pytest.raises(StudyError, match="--max_seeds 3 is below the 5 seeds asked for"):
         _schedules([plan], 3)
+
+
+REAL_STUDY = """
+title: Adaptive, real
+hypothesis: A net that learns beats one that cannot; two close widths stay close.
+seeds: 3
+variants:
+  - {name: a, overrides: {model.filters: 8}}
+  - {name: b, overrides: {model.filters: 7}}
+  - {name: c, overrides: {model.filters: 8, model.lr: 1.0e-9}}
+expected:
+  - a beats c on test/acc
+  - a beats b on test/acc
+"""
+TINY = [
+    "--model.layers=2",
+    "--model.hidden=16",
+    "--model.pool_every=1",
+    "--data.batch_size=64",
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=20",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=4",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+@pytest.mark.integration
+@pytest.mark.realdata
+def test_a_real_adaptive_study_adds_seeds_only_where_claims_are_undecided(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_data_dir: Path
+) -> None:
+    from fashion_cnn.study import run_studies
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FASHION_CNN_DATA_DIR", str(real_data_dir))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = tmp_path / "adaptive.yaml"
+    path.write_text(REAL_STUDY)
+    progress = Notes()
+    (plan,) = run_studies([path], overrides=TINY, max_seeds=5, progress=progress)
+    # a learns and c cannot: decided at the first look, so c never gets a fourth seed.
+    assert plan.seeds_of("c") == [0, 1, 2]
+    # a and b go on together, to the maximum at most (3 -> 5), and every run of them finished.
+    assert len(plan.seeds_of("a")) == len(plan.seeds_of("b")) in (3, 5)
+    assert len(plan.finished) == plan.total == 3 + 2 * len(plan.seeds_of("a"))
+    data = __import__("json").loads((tmp_path / "studies" / "adaptive" / "results.json").read_text())
+    states = {c["claim"]: c["state"] for c in data["adaptive"]["claims"]}
+    assert states["a beats c on test/acc"] == "supported"
+    assert data["adaptive"]["looks"] == [3, 5]
+    report = (tmp_path / "studies" / "adaptive" / "report.md").read_text()
+    assert "### Adaptive seeds" in report and f"Runs: {plan.total}, against 15" in report
+    # Run again: everything is there, nothing trains, the same seeds are judged.
+    (again,) = run_studies([path], overrides=TINY, max_seeds=5, progress=Notes())
+    assert again.added == plan.added and not again.todo

@@ -127,6 +127,7 @@ def test_fit_records_everything_in_mlflow(workdir: Path) -> None:
     assert run.data.params["trainer.precision"] in ("32-true", "bf16-mixed")
 
 
+@pytest.mark.integration
 def test_runs_never_share_files(workdir: Path) -> None:
     a = run_experiment(REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--seed_everything=1"])
     b = run_experiment(REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--seed_everything=2"])
@@ -145,6 +146,7 @@ def test_unseeded_run_records_its_seed(workdir: Path) -> None:
     assert run.info.run_name == f"noseed-seed{seed}" == result.run_name
 
 
+@pytest.mark.integration
 def test_test_and_predict_rebuild_the_model_from_the_checkpoint(workdir: Path) -> None:
     fit = run_experiment(REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--model.filters=6"])
     # No config: the architecture comes from the checkpoint alone.
@@ -176,6 +178,7 @@ def test_test_and_predict_rebuild_the_model_from_the_checkpoint(workdir: Path) -
     assert float(rows[0]["confidence"]) == pytest.approx(max(probs), abs=1e-6)
 
 
+@pytest.mark.integration
 def test_resume_continues_the_same_run(workdir: Path) -> None:
     first = run_experiment(
         REPO / "fashion_cnn" / "configs" / "debug.yaml",
@@ -271,6 +274,7 @@ def test_unreachable_tracking_server_fails_fast(workdir: Path, capsys: pytest.Ca
 
 
 @pytest.mark.realdata
+@pytest.mark.integration
 def test_console_script_on_real_data(tmp_path: Path) -> None:
     done = run_console_script(
         tmp_path,
@@ -288,6 +292,7 @@ def test_console_script_on_real_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.integration
 def test_interrupted_fit_is_killed_with_a_checkpoint_and_resumes(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, signum: int
 ) -> None:
@@ -334,6 +339,7 @@ def test_interrupted_fit_is_killed_with_a_checkpoint_and_resumes(
             assert resumed.metrics[key] == straight.metrics[key], key
 
 
+@pytest.mark.integration
 def test_last_checkpoint_is_the_last_epoch_even_when_it_was_not_the_best(workdir: Path) -> None:
     """With lr 1e-30 and no BatchNorm statistics nothing changes, so val/acc never improves after
     epoch 1 and Lightning writes no new top-k checkpoint; last.ckpt must still be the end of epoch
@@ -348,6 +354,7 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_was_not_the_best(workdir
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
 
 
+@pytest.mark.integration
 def test_a_run_killed_in_its_test_is_not_finished(workdir: Path) -> None:
     """SIGKILL as the test after the fit starts: the run must not read FINISHED (Lightning ends it
     after the fit, before the test), and `--ckpt_path last` then tests it and finishes it."""
@@ -396,6 +403,7 @@ def test_non_finite_loss_stops_with_the_epoch_and_step(workdir: Path, capsys: py
     assert not list((workdir / "runs").glob("*/*/checkpoints/interrupted.ckpt"))
 
 
+@pytest.mark.integration
 def test_same_seed_gives_identical_metrics(workdir: Path) -> None:
     a = run_experiment(REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2"])
     b = run_experiment(REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, "--trainer.max_epochs=2"])
@@ -421,6 +429,7 @@ def test_unwritable_output_dir(workdir: Path, capsys: pytest.CaptureFixture) -> 
 
 
 @pytest.mark.realdata
+@pytest.mark.integration
 def test_concurrent_fits_in_one_folder(tmp_path: Path) -> None:
     """Two fits started at once on a fresh sqlite store both finish, as separate runs and files."""
     if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():

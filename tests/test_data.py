@@ -580,7 +580,13 @@ def test_the_dataset_is_held_once_and_never_copied_per_epoch(synthetic_idx_dir, 
             )
 
     trainer = L.Trainer(
-        **QUIET_TRAINER, accelerator="cpu", max_epochs=3, callbacks=[Storage()], default_root_dir=tmp_path
+        **QUIET_TRAINER,
+        accelerator="cpu",
+        max_epochs=3,
+        limit_train_batches=2,  # the storage is the test, not the training: two batches an epoch
+        limit_val_batches=1,
+        callbacks=[Storage()],
+        default_root_dir=tmp_path,
     )
     trainer.fit(FashionCNN(layers=1, filters=2, hidden=8), datamodule=dm)
     assert len(seen) == 3
@@ -822,6 +828,7 @@ def test_trainer_predict_on_a_folder_needs_no_dataset(synthetic_idx_dir, tmp_pat
 
 
 @pytest.mark.realdata
+@pytest.mark.integration
 def test_real_split_counts_classes_and_ranges(real_data_dir):
     dm = FashionMNISTDataModule(data_dir=str(real_data_dir), download=False)
     dm.prepare_data()
@@ -840,6 +847,7 @@ def test_real_split_counts_classes_and_ranges(real_data_dir):
 
 
 @pytest.mark.realdata
+@pytest.mark.integration
 def test_real_normalization_constants(real_data_dir):
     dm = FashionMNISTDataModule(data_dir=str(real_data_dir), download=False)
     dm.prepare_data()
@@ -849,6 +857,7 @@ def test_real_normalization_constants(real_data_dir):
 
 
 @pytest.mark.realdata
+@pytest.mark.integration
 def test_real_warm_start_is_fast(real_data_dir):
     durations = []
     for _ in range(3):

@@ -62,13 +62,14 @@ def test_ddp_two_processes_share_the_epoch(tmp_path: Path, synthetic_idx_dir) ->
 
 @pytest.mark.slow
 @pytest.mark.realdata
+@pytest.mark.integration
 def test_ddp_through_the_console_script(tmp_path: Path) -> None:
     """The documented launch, `fit ... --trainer.devices 2 --trainer.strategy ddp`, end to end.
 
     Lightning re-runs the command line for rank 1, so this needs the real console script and the
     real data (the synthetic fixture's patched checksums live in this process only).
     """
-    config = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
+    config = "configs/debug.yaml"  # found by name (packaged), from the empty folder the run starts in
     args = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
     done = run_console_script(tmp_path, "fit", "--config", str(config), *args, data_dir=tmp_path / "data")
     assert done.returncode == 0, done.stderr[-3000:]

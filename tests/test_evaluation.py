@@ -150,6 +150,7 @@ def test_callback_on_a_plain_trainer(
     assert names == list(CLASS_NAMES)
 
 
+@pytest.mark.integration
 def test_fit_files_the_report_in_mlflow(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
     fit = run_experiment(
         REPO / "fashion_cnn" / "configs" / "debug.yaml", [*TINY, *CALLBACK, "--trainer.max_epochs=2"]

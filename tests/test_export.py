@@ -159,6 +159,7 @@ def test_failed_export_keeps_the_previous_file(ort, tmp_path: Path) -> None:
 
 
 @pytest.mark.realdata
+@pytest.mark.integration
 def test_onnx_matches_pytorch_on_the_real_test_set(ort, real_data_dir: Path, tmp_path: Path) -> None:
     """All 10,000 real test images through a briefly trained model, in PyTorch and onnxruntime."""
     L.seed_everything(0)

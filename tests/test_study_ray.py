@@ -23,7 +23,7 @@ from servers import mlflow_server, postgres, ray_head
 
 from fashion_cnn.cli import main
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.integration]
 # `ray start` clusters require Ray's auth token (~/.ray/auth_token) by default; a driver sends it
 # only in token mode, which Ray reads when it is first imported, so set it before that.
 os.environ.setdefault("RAY_AUTH_MODE", "token")

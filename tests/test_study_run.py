@@ -76,6 +76,7 @@ def _children(client: MlflowClient, parent_id: str) -> list:
     return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
 
 
+@pytest.mark.integration
 def test_tiny_study_end_to_end_with_restart(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -366,6 +367,7 @@ def test_training_budget_is_counted_in_images() -> None:
     assert images_per_run(half)[1] == 300 * 100
 
 
+@pytest.mark.integration
 def test_study_runs_twice_in_one_process_and_cleans_up(workdir: Path) -> None:
     """The runner as a library: twice in one interpreter, no SIGTERM/SIGINT handler left behind."""
     import signal
@@ -385,6 +387,7 @@ def test_study_runs_twice_in_one_process_and_cleans_up(workdir: Path) -> None:
 
 
 @pytest.mark.realdata
+@pytest.mark.integration
 def test_study_console_script_in_an_empty_folder(tmp_path: Path) -> None:
     """A pip user's path: the packaged study, real data, the console script, nothing else in the folder."""
     done = subprocess.run(
@@ -447,6 +450,7 @@ expected: [long beats short on test/acc]
     assert serial.order == ["short", "long", "also_short"]  # one slot: the plan's order
 
 
+@pytest.mark.integration
 def test_an_interrupted_run_continues_from_its_last_epoch(
     workdir: Path, capsys: pytest.CaptureFixture
 ) -> None:

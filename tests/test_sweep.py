@@ -234,6 +234,7 @@ def test_a_database_that_does_not_answer_fails_within_seconds_naming_it(
 # Real sweeps
 
 
+@pytest.mark.integration
 def test_a_stopped_sweep_continues_when_started_again(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     marker = workdir / "interrupt.marker"
     path = _sweep_file(
@@ -308,6 +309,7 @@ def test_a_stopped_sweep_continues_when_started_again(workdir: Path, capsys: pyt
     assert len(_study(out).trials) == 4
 
 
+@pytest.mark.integration
 def test_a_pruned_trial_stops_within_an_epoch_and_is_marked_and_counted(
     workdir: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -343,6 +345,7 @@ def test_a_pruned_trial_stops_within_an_epoch_and_is_marked_and_counted(
 
 
 @pytest.mark.realdata
+@pytest.mark.integration
 def test_two_workers_on_postgresql_lose_no_trial_and_run_none_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_data_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
