@@ -97,8 +97,8 @@ title: Adaptive, real
 hypothesis: A net that learns beats one that cannot; two close widths stay close.
 seeds: 3
 variants:
-  - {name: a, overrides: {model.filters: 8}}
-  - {name: b, overrides: {model.filters: 7}}
+  - {name: a, overrides: {model.filters: 8, model.lr: 3.0e-3}}
+  - {name: b, overrides: {model.filters: 7, model.lr: 3.0e-3}}
   - {name: c, overrides: {model.filters: 8, model.lr: 1.0e-9}}
 expected:
   - a beats c on test/acc
@@ -110,7 +110,7 @@ TINY = [
     "--model.pool_every=1",
     "--data.batch_size=64",
     "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=20",
+    "--trainer.limit_train_batches=60",
     "--trainer.limit_val_batches=2",
     "--trainer.limit_test_batches=4",
     "--trainer.enable_progress_bar=false",
