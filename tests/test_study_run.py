@@ -284,6 +284,7 @@ def test_dry_run_plans_without_running(workdir: Path, capsys: pytest.CaptureFixt
             "short.md does not exist",
         ),
         (["studies/dropout", "--combined_report", "journal.json"], "name the Markdown file (.md)"),
+        (["studies/dropout", "--max_seeds", "2"], "--max_seeds 2 is below the 3 seeds asked for"),
     ],
 )
 def test_user_errors_are_one_clear_message(
