@@ -24,7 +24,8 @@ import signal
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -32,7 +33,7 @@ from typing import Any, NoReturn, cast
 import lightning as L
 import torch
 import yaml
-from jsonargparse import capture_parser
+from jsonargparse import capture_parser, lazy_instance
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -40,10 +41,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_cnn import __version__
 from fashion_cnn.checkpoints import AtomicCheckpointIO, RunCheckpoint, read_checkpoint
+from fashion_cnn.components import check_datamodule, diagnose
 from fashion_cnn.configs import ConfigFileAction
 from fashion_cnn.data import FashionMNISTDataModule
 from fashion_cnn.errors import CheckpointError, ConfigError, Interrupted, UserError
 from fashion_cnn.evaluation import EvaluationReport
+from fashion_cnn.legacy import is_flat, to_parts
+from fashion_cnn.network import FashionCNNNet
 from fashion_cnn.predictions import PredictionWriter
 from fashion_cnn.seeding import EpochSeed
 from fashion_cnn.speed import fast_precision
@@ -144,7 +148,8 @@ class FashionCLI(LightningCLI):
         self.run_name = "fashion-cnn"
         super().__init__(
             FashionCNN,
-            FashionMNISTDataModule,
+            L.LightningDataModule,  # any DataModule by class path; Fashion-MNIST by default
+            subclass_mode_data=True,
             save_config_callback=LogConfigToMLflow,
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=True,
@@ -201,17 +206,42 @@ class FashionCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        # What the data decides is linked, never typed twice.
-        for source, target, compute in (
-            ("data.num_classes", "model.num_classes", None),
-            ("data.input_shape", "model.in_channels", _channels),
-            ("data.input_shape", "model.image_size", _height),
-            ("data.input_mean", "model.input_mean", None),
-            ("data.input_std", "model.input_std", None),
-        ):
-            parser.link_arguments(source, target, compute_fn=compute, apply_on="instantiate")
+        # The journal's network and data unless the config names others (by class path).
+        parser.set_defaults({"model.net": lazy_instance(FashionCNNNet), "data": lazy_instance(FashionMNISTDataModule)})
+        # What the data decides is linked, never typed twice: into the training system, and into
+        # the network for any network that takes these arguments (jsonargparse skips a link whose
+        # target the chosen class does not have). Each reads the DataModule through its protocol
+        # (data.DataProtocol), so a missing attribute is named before anything is built.
+        for target, read in LINKS:
+            parser.link_arguments("data", target, compute_fn=read, apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            self._parse_arguments(parser, args)
+        except ConfigError as exc:
+            # jsonargparse says only that a value is not of the expected type; name the import
+            # error or the wrong kind of class when a class path is to blame.
+            given = list(args) if args is not None else sys.argv[1:]
+            better = diagnose(given, _config_files(given))
+            if better is None:
+                raise
+            raise ConfigError(better) from None
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the model's hyperparameters from --ckpt_path into the config; those
+        # of a checkpoint written before issue 20 are flat (layers, filters, ...): map them.
+        checkpoint = self._checkpoint
+        if checkpoint is None or not self.config.get("subcommand"):
+            return
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if is_flat(hparams):
+            hparams = to_parts(hparams)
+        if not hparams:
+            return
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+
+    def _parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         with warnings.catch_warnings():
             # args given from Python while the program has its own sys.argv: that is intended.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -371,12 +401,44 @@ def check_writable(folder: Path, option: str) -> None:
         )
 
 
-def _channels(shape: tuple[int, int, int]) -> int:
-    return shape[0]
+def _protocol(name: str, convert: Callable[[Any], Any] = lambda v: v) -> Callable[[Any], Any]:
+    """A link's compute function: the DataModule's protocol attribute ``name``, converted."""
+
+    def read(datamodule: Any) -> Any:
+        check_datamodule(datamodule)
+        return convert(getattr(datamodule, name))
+
+    read.__name__ = f"read_{name}"
+    return read
 
 
-def _height(shape: tuple[int, int, int]) -> int:
-    return shape[1]
+# (target, how it is read from the DataModule). The network links reach only networks that take
+# the argument (FashionCNNNet takes num_classes, in_channels and image_size).
+LINKS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("model.num_classes", _protocol("num_classes")),
+    ("model.input_shape", _protocol("input_shape", tuple)),
+    ("model.input_mean", _protocol("input_mean")),
+    ("model.input_std", _protocol("input_std")),
+    ("model.net.init_args.num_classes", _protocol("num_classes")),
+    ("model.net.init_args.in_channels", _protocol("input_shape", lambda s: s[0])),
+    ("model.net.init_args.image_size", _protocol("input_shape", lambda s: s[1])),
+    ("model.net.init_args.input_shape", _protocol("input_shape", tuple)),
+)
+
+
+def _config_files(args: Sequence[str]) -> list[str]:
+    """The --config files among CLI arguments (as they resolve), for error diagnosis."""
+    from fashion_cnn.configs import resolve_config
+
+    found = []
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg in ("-c", "--config") and i + 1 < len(args) else None
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        if value:
+            with contextlib.suppress(UserError):
+                found.append(str(resolve_config(value)))
+    return found
 
 
 def run_name_of(sub: Any) -> str:
