@@ -115,7 +115,10 @@ def spec_of(value: Any) -> dict[str, Any] | None:
         if cls is not None:
             return {"class_path": class_path_of(cls), "init_args": _plain(dict(value.keywords))}
     if isinstance(value, nn.Module):
-        return {"class_path": class_path_of(type(value)), "init_args": _plain(getattr(value, "init_args", {}))}
+        return {
+            "class_path": class_path_of(type(value)),
+            "init_args": _plain(getattr(value, "init_args", {})),
+        }
     raise TypeError(f"{value!r} is not a class, a partial of a class, a module or a class-path spec")
 
 

@@ -21,10 +21,10 @@ import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 import warnings
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,7 +207,9 @@ class FashionCLI(LightningCLI):
             }
         )
         # The journal's network and data unless the config names others (by class path).
-        parser.set_defaults({"model.net": lazy_instance(FashionCNNNet), "data": lazy_instance(FashionMNISTDataModule)})
+        parser.set_defaults(
+            {"model.net": lazy_instance(FashionCNNNet), "data": lazy_instance(FashionMNISTDataModule)}
+        )
         # What the data decides is linked, never typed twice: into the training system, and into
         # the network for any network that takes these arguments (jsonargparse skips a link whose
         # target the chosen class does not have). Each reads the DataModule through its protocol
@@ -218,7 +220,7 @@ class FashionCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
             self._parse_arguments(parser, args)
-        except ConfigError as exc:
+        except ConfigError:
             # jsonargparse says only that a value is not of the expected type; name the import
             # error or the wrong kind of class when a class path is to blame.
             given = list(args) if args is not None else sys.argv[1:]

@@ -18,7 +18,17 @@ from fashion_cnn.components import import_class
 
 NET = "fashion_cnn.FashionCNNNet"
 # The old FashionCNN's network arguments (those the data links excluded: num_classes, ...).
-NET_KEYS = ("layers", "filters", "kernel_size", "norm", "dropout", "norm_groups", "pool_every", "pool_after", "hidden")
+NET_KEYS = (
+    "layers",
+    "filters",
+    "kernel_size",
+    "norm",
+    "dropout",
+    "norm_groups",
+    "pool_every",
+    "pool_after",
+    "hidden",
+)
 LINKED_NET_KEYS = ("num_classes", "in_channels", "image_size")
 # The old defaults of the training settings, each recorded in every old config whatever it chose.
 OLD_DEFAULTS: dict[str, Any] = {
@@ -207,7 +217,9 @@ def check_flat(hp: Mapping[str, Any]) -> None:
     if hp["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"optimizer={hp['optimizer']!r} is unknown; use one of {tuple(OPTIMIZERS)}")
     if hp["lr_scheduler"] not in (*SCHEDULERS, "none"):
-        raise ValueError(f"lr_scheduler={hp['lr_scheduler']!r} is unknown; use one of {(*SCHEDULERS, 'none')}")
+        raise ValueError(
+            f"lr_scheduler={hp['lr_scheduler']!r} is unknown; use one of {(*SCHEDULERS, 'none')}"
+        )
     if not hp["lr"] > 0:
         raise ValueError(f"lr={hp['lr']!r} must be > 0, e.g. 1e-3")
     if hp["weight_decay"] < 0:

@@ -128,7 +128,9 @@ class ResidualBlock(nn.Module):
         groups: int = 8,
     ) -> None:
         super().__init__()
-        self.body = ConvBlock(in_channels, out_channels, kernel_size, norm, dropout, pool=False, groups=groups)
+        self.body = ConvBlock(
+            in_channels, out_channels, kernel_size, norm, dropout, pool=False, groups=groups
+        )
         self.shortcut: nn.Module = (
             nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
         )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import copy
 import inspect
+import logging
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -17,7 +17,6 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from fashion_cnn.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_batch
 from fashion_cnn.components import (
     accepted,
     as_factory,
@@ -28,6 +27,7 @@ from fashion_cnn.components import (
     factory_kwargs,
     spec_of,
 )
+from fashion_cnn.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_batch
 from fashion_cnn.errors import NonFiniteLossError
 from fashion_cnn.legacy import FLAT_KEYS, NET_KEYS, check_flat, to_parts
 from fashion_cnn.network import FashionCNNNet, count_parameters
