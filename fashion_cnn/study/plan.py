@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fashion_cnn.components import import_class
 from fashion_cnn.errors import ConfigError, StudyError
 from fashion_cnn.experiment import ConfigResolver
+from fashion_cnn.legacy import to_flat, translate_key
 from fashion_cnn.study.spec import RESERVED, Study, Variant
 from fashion_cnn.tracking import resolve_tracking_uri
 
@@ -101,7 +103,7 @@ def run_overrides(groups: Mapping[str, Mapping[str, Any] | None]) -> dict[str, A
     flat: dict[str, Any] = {}
     for group, values in groups.items():
         for key, value in (values or {}).items():
-            flat[f"{group}.{key}"] = plain(value)
+            flat[translate_key(f"{group}.{key}")] = plain(value)
     for key in flat:
         if key in RESERVED:
             raise StudyError(f"--{key} cannot be set for a study: {RESERVED[key]}")
@@ -210,9 +212,46 @@ def digest(tree: Any) -> str:
 
 
 def hashable(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat settings of a resolved config that change what a run computes."""
-    flat = flatten(resolved)
+    """The flat settings of a resolved config that change what a run computes, in canonical form."""
+    flat = flatten(canonical(resolved))
     return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_HASHED)}
+
+
+def canonical(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved config in the form the study hash was computed from before issue 20.
+
+    Configs name the network, optimiser, scheduler and data by class path since then
+    (``model.net: {class_path, init_args}``). A variant the old flat settings could express (the
+    journal's network, Adam/AdamW/SGD, ReduceLROnPlateau/OneCycleLR/cosine/none, Fashion-MNIST) is
+    hashed in that old form, so its hash, and the finished runs a rerun finds by it, stay the same
+    (tests/test_study_run.py pins the shipped hashes). Anything new (another network or
+    optimiser, skip connections, another DataModule) is hashed as written.
+    """
+    tree = dict(resolved)
+    model = tree.get("model")
+    if isinstance(model, Mapping):
+        old = to_flat(model)
+        if old is not None:
+            tree["model"] = old
+    data = tree.get("data")
+    if isinstance(data, Mapping) and _is_fashion_mnist(data.get("class_path")):
+        tree["data"] = dict(data.get("init_args") or {})
+    return tree
+
+
+def _is_fashion_mnist(class_path: Any) -> bool:
+    from fashion_cnn.data import FashionMNISTDataModule
+
+    try:
+        return import_class(str(class_path)) is FashionMNISTDataModule
+    except ConfigError:
+        return False
+
+
+def data_settings(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The DataModule's settings of a resolved config (its init_args, or the flat old form)."""
+    data = resolved.get("data") or {}
+    return dict(data.get("init_args") or {}) if "class_path" in data else dict(data)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -257,7 +296,7 @@ TRAIN_IMAGES = 60_000
 
 def images_per_run(resolved: Mapping[str, Any]) -> tuple[Any, int, int, int]:
     """(epochs, training images seen, validation images per epoch, test images) of one run."""
-    trainer, data = resolved.get("trainer") or {}, resolved.get("data") or {}
+    trainer, data = resolved.get("trainer") or {}, data_settings(resolved)
     batch, val = int(data.get("batch_size") or 64), int(data.get("val_size") or 0)
     eval_batch = int(data.get("eval_batch_size") or max(batch, 256))
 

@@ -23,6 +23,7 @@ from jsonargparse import ArgumentParser
 
 from fashion_cnn.configs import resolve_config
 from fashion_cnn.errors import ConfigError, StudyError
+from fashion_cnn.legacy import translate_key
 from fashion_cnn.study.claims import Claim, Metric, is_number, parse_claim
 
 DEFAULT_SEEDS = 3
@@ -319,7 +320,8 @@ def _overrides(value: Mapping[str, Any], where: str) -> dict[str, Any]:
         bare = key.removeprefix("--")
         if bare in RESERVED:
             raise StudyError(f"{where}: {key} is set by the study itself; {RESERVED[bare]}")
-        out[bare] = val
+        # The old flat keys (model.dropout) still work: they name the journal network's arguments.
+        out[translate_key(bare)] = val
     return out
 
 
