@@ -187,12 +187,12 @@ def to_flat(model: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 # The old flat keys that still work in study/sweep files and on the command line, as aliases of
-# the new nested ones (``model.dropout`` -> ``model.net.dropout``, jsonargparse's short form of
-# ``model.net.init_args.dropout``).
+# the new nested ones (``model.dropout`` -> ``model.net.init_args.dropout``; on the command line and
+# in study overrides jsonargparse also takes the short ``model.net.dropout``).
 ALIASES: dict[str, str] = {
-    **{f"model.{k}": f"model.net.{k}" for k in NET_KEYS},
-    "model.lr": "model.optimizer.lr",
-    "model.weight_decay": "model.optimizer.weight_decay",
+    **{f"model.{k}": f"model.net.init_args.{k}" for k in NET_KEYS},
+    "model.lr": "model.optimizer.init_args.lr",
+    "model.weight_decay": "model.optimizer.init_args.weight_decay",
 }
 
 
@@ -202,7 +202,7 @@ def translate_key(key: str) -> str:
 
 
 def translate_args(args: list[str]) -> list[str]:
-    """``--model.dropout 0.3`` / ``--model.dropout=0.3`` -> ``--model.net.dropout ...``."""
+    """``--model.dropout 0.3`` / ``--model.dropout=0.3`` -> ``--model.net.init_args.dropout ...``."""
     out = []
     for arg in args:
         if arg.startswith("--model."):
