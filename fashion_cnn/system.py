@@ -116,6 +116,7 @@ class FashionCNN(L.LightningModule):
         if not input_std > 0:
             raise ValueError(f"input_std={input_std!r} must be > 0 (1 for unnormalised input)")
         input_shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
+        spec = dict(net) if isinstance(net, Mapping) else None
         if isinstance(net, Mapping):
             net = build_module(net)
         if net is None:
@@ -137,7 +138,7 @@ class FashionCNN(L.LightningModule):
         hp = self.hparams
         for key in [k for k in hp if k not in _PARAMETERS]:
             hp.pop(key)  # _instantiator (rebuilt here from the specs) and the old flat arguments
-        given = hp.get("net")
+        given = spec if spec is not None else hp.get("net")
         hp["net"] = _net_spec(net, given if isinstance(given, Mapping) else None)
         for key, factory in (("optimizer", self.optimizer_factory), ("scheduler", self.scheduler_factory)):
             given = hp.get(key)

@@ -98,25 +98,21 @@ def test_the_shipped_sweep_and_its_best_config_parse_through_the_real_cli() -> N
     groups = {g: options.pop(g) for g in ("model", "data", "trainer", "checkpoint")}
     options.pop("report_only")
     spec = build_spec(**options, settings=settings_of(groups))
+    net = "model.net.init_args."
     assert spec.space.keys == [
-        "model.layers",
-        "model.filters",
-        "model.norm",
-        "model.norm_groups",
-        "model.dropout",
-        "model.lr",
+        *(net + k for k in ("layers", "filters", "norm", "norm_groups", "dropout")),
+        "model.optimizer.init_args.lr",
     ]
     assert spec.enqueue == (
-        {"model.layers": 6, "model.filters": 64, "model.norm": "instance"}
-        | {
-            "model.dropout": 0.1,
-            "model.lr": 0.001,
-        },
+        {net + "layers": 6, net + "filters": 64, net + "norm": "instance", net + "dropout": 0.1}
+        | {"model.optimizer.init_args.lr": 0.001},
     )
+    # The old flat keys still name the same settings.
+    assert parse_space({"model.layers": {"type": "int", "low": 2, "high": 8}}).keys == [net + "layers"]
     best = SWEEPS / "architecture_best.yaml"
     if best.exists():
         resolved = ConfigResolver().resolve(best)
-        assert resolved["model"]["layers"] >= 2
+        assert resolved["model"]["net"]["init_args"]["layers"] >= 2
 
 
 def test_the_same_seed_proposes_the_same_first_trials_and_a_rerun_does_not_repeat_them() -> None:
