@@ -347,7 +347,7 @@ def _from_flat(
     if net is None:
         net = parts["net"]
     shape = tuple(parts["input_shape"])
-    return net, parts["optimizer"], parts["scheduler"], int(parts["num_classes"]), shape  # type: ignore[return-value]
+    return net, parts["optimizer"], parts["scheduler"], int(parts["num_classes"]), shape
 
 
 def _net_spec(net: nn.Module, given: Mapping[str, Any] | None) -> dict[str, Any]:
