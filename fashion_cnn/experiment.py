@@ -99,6 +99,16 @@ class ArgumentParser(LightningArgumentParser):
         self.subcommands_action = super().add_subcommands(*args, **kwargs)
         return self.subcommands_action
 
+    def parse_args(self, args: Any = None, namespace: Any = None, **kwargs: Any) -> Any:
+        # jsonargparse would say only that a value is not of the expected type: name the import
+        # error, or the wrong kind of class, of a class path first (through error(), so the
+        # console prints it as its one line).
+        given = [str(a) for a in args] if args is not None else sys.argv[1:]
+        problem = diagnose(given, _config_files(given))
+        if problem is not None:
+            self.error(problem)
+        return super().parse_args(args, namespace, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         raise ConfigError(message.strip().replace("\n", " "))
 
@@ -217,18 +227,6 @@ class FashionCLI(LightningCLI):
         for target, read in LINKS:
             parser.link_arguments("data", target, compute_fn=read, apply_on="instantiate")
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        try:
-            self._parse_arguments(parser, args)
-        except ConfigError:
-            # jsonargparse says only that a value is not of the expected type; name the import
-            # error or the wrong kind of class when a class path is to blame.
-            given = list(args) if args is not None else sys.argv[1:]
-            better = diagnose(given, _config_files(given))
-            if better is None:
-                raise
-            raise ConfigError(better) from None
-
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the model's hyperparameters from --ckpt_path into the config; those
         # of a checkpoint written before issue 20 are flat (layers, filters, ...): map them.
@@ -243,7 +241,7 @@ class FashionCLI(LightningCLI):
             return
         self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
 
-    def _parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         with warnings.catch_warnings():
             # args given from Python while the program has its own sys.argv: that is intended.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -281,6 +279,17 @@ class FashionCLI(LightningCLI):
             if self.subcommand == "fit" and self._checkpoint is not None and "run_id" in init:
                 init.run_id = init.run_id or self._run_to_resume(sub.ckpt_path, init)
         self.run_name = run_name
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as exc:
+            # A link's compute function (LINKS) found the DataModule without a protocol attribute;
+            # jsonargparse wraps that message in its own, which the user needs not read.
+            text = str(exc)
+            if "compute_fn of link" in text and "failed: " in text:
+                raise ConfigError(text.split("failed: ", 1)[1]) from None
+            raise
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         settings = self.config_init[self.subcommand]["trainer"]

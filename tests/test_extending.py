@@ -78,9 +78,19 @@ def test_a_datamodule_missing_a_protocol_attribute_is_named() -> None:
         check_datamodule(Half())
 
 
+HALF_DATA = """
+import lightning as L
+
+
+class HalfData(L.LightningDataModule):
+    num_classes = 10
+    input_shape = (1, 28, 28)
+"""
+
+
 @pytest.mark.integration
 def test_the_guides_network_trains_through_the_cli_and_bad_input_is_one_line(tmp_path: Path) -> None:
-    env = {"PYTHONPATH": f"{GUIDE}:{Path(__file__).resolve().parents[1]}", "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": f"{GUIDE}:{tmp_path}:{Path(__file__).resolve().parents[1]}", "PATH": "/usr/bin:/bin"}
     env |= {"HOME": str(tmp_path)}
     base = [sys.executable, "-m", "fashion_cnn.cli", "fit", "--config", "debug"]
     base += ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db"]
@@ -98,6 +108,14 @@ def test_the_guides_network_trains_through_the_cli_and_bad_input_is_one_line(tmp
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
     missing = run("--model.net", "nope_nets.Net")
     assert missing.returncode == 2 and "module 'nope_nets' does not import" in missing.stderr
+    (tmp_path / "half_data.py").write_text(HALF_DATA)
+    half = run("--data", "half_data.HalfData")
+    errors = [line for line in half.stderr.splitlines() if line.startswith("fashion-cnn: error:")]
+    assert half.returncode == 2 and errors == [
+        "fashion-cnn: error: data half_data.HalfData has no 'input_mean': a DataModule gives num_classes, "
+        "input_shape, input_mean, input_std, class_names (fashion_cnn.data.DataProtocol; docs/extending.md)"
+    ], half.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
     good = run(
         "--model.net", "my_nets.TinyResNet", "--model.net.width", "4", "--model.optimizer", "torch.optim.SGD"
     )
