@@ -120,6 +120,30 @@ def test_the_guides_network_trains_through_the_cli_and_bad_input_is_one_line(tmp
         "--model.net", "my_nets.TinyResNet", "--model.net.width", "4", "--model.optimizer", "torch.optim.SGD"
     )
     assert good.returncode == 0, good.stderr[-2000:]
+    old = str(FIXTURES / "old_flat.ckpt")  # a checkpoint of before issue 20 tests and predicts
+    tested = subprocess.run(
+        [sys.executable, "-m", "fashion_cnn.cli", "test", "--config", "debug", "--ckpt_path", old]
+        + ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db"]
+        + ["--output_dir", str(tmp_path / "old"), "--trainer.limit_test_batches", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert tested.returncode == 0 and "test/acc" in tested.stdout, tested.stderr[-2000:]
+    predicted = subprocess.run(
+        [sys.executable, "-m", "fashion_cnn.cli", "predict", "--config", "debug", "--ckpt_path", old]
+        + ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db"]
+        + ["--predictions_file", str(tmp_path / "p.csv"), "--trainer.limit_predict_batches", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert (tmp_path / "p.csv").read_text().startswith("item,predicted,confidence")
     ckpt = next((tmp_path / "runs").rglob("best-*.ckpt"))
     load = subprocess.run(
         [
@@ -134,3 +158,32 @@ def test_the_guides_network_trains_through_the_cli_and_bad_input_is_one_line(tmp
         timeout=300,
     )
     assert load.stdout.split() == ["TinyResNet", "torch.optim.SGD"], load.stderr[-2000:]
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_a_checkpoint_of_the_old_flat_form_loads_and_predicts_the_same() -> None:
+    """tests/fixtures/old_flat.ckpt was written by the code before issue 20 (layers=1, filters=2,
+    BatchNorm, AdamW + one-cycle, label smoothing 0.1), with the logits it gave for two images."""
+    from fashion_cnn.checkpoints import load_model
+    from fashion_cnn.export import load_network
+
+    model, checkpoint = load_model(FIXTURES / "old_flat.ckpt")
+    assert checkpoint["hyper_parameters"]["layers"] == 1  # the old form, as written
+    expected = torch.load(FIXTURES / "old_flat_logits.pt", weights_only=True)
+    with torch.no_grad():
+        assert torch.equal(model(expected["x"]), expected["logits"])
+    assert model.num_params == 1646 and model.hparams.label_smoothing == 0.1
+    flat = to_flat(model.hparams)
+    assert flat is not None
+    assert (flat["optimizer"], flat["lr"], flat["weight_decay"], flat["lr_scheduler"]) == (
+        "adamw",
+        0.003,
+        0.05,
+        "onecycle",
+    )
+    classifier, metadata = load_network(FIXTURES / "old_flat.ckpt")
+    with torch.no_grad():
+        logits, _ = classifier(expected["x"])
+    assert torch.allclose(logits, expected["logits"]) and metadata["normalize"] == "true"
