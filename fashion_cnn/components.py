@@ -9,6 +9,7 @@ the problem when a class path does not import or is of the wrong kind (:func:`di
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -20,6 +21,7 @@ import torch
 import yaml
 from torch import nn
 
+from fashion_cnn.configs import resolve_config
 from fashion_cnn.errors import ConfigError
 
 # What each pluggable option must be: (option, base classes, what it is in words).
@@ -217,6 +219,48 @@ def check_datamodule(datamodule: Any) -> None:
                 f"data {class_path_of(type(datamodule))} has no {name!r}: a DataModule gives "
                 f"{', '.join(DATA_PROTOCOL)} (fashion_cnn.data.DataProtocol; docs/extending.md)"
             )
+
+
+# --------------------------------------------------------------------------------------------
+# What the CLI links from the data
+
+
+def _protocol(name: str, convert: Callable[[Any], Any] = lambda v: v) -> Callable[[Any], Any]:
+    """A link's compute function: the DataModule's protocol attribute ``name``, converted."""
+
+    def read(datamodule: Any) -> Any:
+        check_datamodule(datamodule)
+        return convert(getattr(datamodule, name))
+
+    read.__name__ = f"read_{name}"
+    return read
+
+
+# (target, how it is read from the DataModule). The network links reach only networks that take
+# the argument (FashionCNNNet takes num_classes, in_channels and image_size).
+LINKS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("model.num_classes", _protocol("num_classes")),
+    ("model.input_shape", _protocol("input_shape", tuple)),
+    ("model.input_mean", _protocol("input_mean")),
+    ("model.input_std", _protocol("input_std")),
+    ("model.net.init_args.num_classes", _protocol("num_classes")),
+    ("model.net.init_args.in_channels", _protocol("input_shape", lambda s: s[0])),
+    ("model.net.init_args.image_size", _protocol("input_shape", lambda s: s[1])),
+    ("model.net.init_args.input_shape", _protocol("input_shape", tuple)),
+)
+
+
+def config_files(args: Sequence[str]) -> list[str]:
+    """The --config files among CLI arguments (as they resolve), for error diagnosis."""
+    found = []
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg in ("-c", "--config") and i + 1 < len(args) else None
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        if value:
+            with contextlib.suppress(ConfigError):
+                found.append(str(resolve_config(value)))
+    return found
 
 
 # --------------------------------------------------------------------------------------------

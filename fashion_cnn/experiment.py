@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -41,7 +41,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_cnn import __version__
 from fashion_cnn.checkpoints import AtomicCheckpointIO, RunCheckpoint, read_checkpoint
-from fashion_cnn.components import check_datamodule, diagnose
+from fashion_cnn.components import LINKS, config_files, diagnose
 from fashion_cnn.configs import ConfigFileAction
 from fashion_cnn.data import FashionMNISTDataModule
 from fashion_cnn.errors import CheckpointError, ConfigError, Interrupted, UserError
@@ -99,12 +99,14 @@ class ArgumentParser(LightningArgumentParser):
         self.subcommands_action = super().add_subcommands(*args, **kwargs)
         return self.subcommands_action
 
-    def parse_args(self, args: Any = None, namespace: Any = None, **kwargs: Any) -> Any:
+    def parse_args(  # type: ignore[override]  # the same parameters, passed on unchanged
+        self, args: Any = None, namespace: Any = None, **kwargs: Any
+    ) -> Any:
         # jsonargparse would say only that a value is not of the expected type: name the import
         # error, or the wrong kind of class, of a class path first (through error(), so the
         # console prints it as its one line).
         given = [str(a) for a in args] if args is not None else sys.argv[1:]
-        problem = diagnose(given, _config_files(given))
+        problem = diagnose(given, config_files(given))
         if problem is not None:
             self.error(problem)
         return super().parse_args(args, namespace, **kwargs)
@@ -410,46 +412,6 @@ def check_writable(folder: Path, option: str) -> None:
             f"{option} {folder} cannot be written ({problem}); pass a folder you can write to, "
             f"e.g. {option} ./runs"
         )
-
-
-def _protocol(name: str, convert: Callable[[Any], Any] = lambda v: v) -> Callable[[Any], Any]:
-    """A link's compute function: the DataModule's protocol attribute ``name``, converted."""
-
-    def read(datamodule: Any) -> Any:
-        check_datamodule(datamodule)
-        return convert(getattr(datamodule, name))
-
-    read.__name__ = f"read_{name}"
-    return read
-
-
-# (target, how it is read from the DataModule). The network links reach only networks that take
-# the argument (FashionCNNNet takes num_classes, in_channels and image_size).
-LINKS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-    ("model.num_classes", _protocol("num_classes")),
-    ("model.input_shape", _protocol("input_shape", tuple)),
-    ("model.input_mean", _protocol("input_mean")),
-    ("model.input_std", _protocol("input_std")),
-    ("model.net.init_args.num_classes", _protocol("num_classes")),
-    ("model.net.init_args.in_channels", _protocol("input_shape", lambda s: s[0])),
-    ("model.net.init_args.image_size", _protocol("input_shape", lambda s: s[1])),
-    ("model.net.init_args.input_shape", _protocol("input_shape", tuple)),
-)
-
-
-def _config_files(args: Sequence[str]) -> list[str]:
-    """The --config files among CLI arguments (as they resolve), for error diagnosis."""
-    from fashion_cnn.configs import resolve_config
-
-    found = []
-    for i, arg in enumerate(args):
-        value = args[i + 1] if arg in ("-c", "--config") and i + 1 < len(args) else None
-        if arg.startswith("--config="):
-            value = arg.split("=", 1)[1]
-        if value:
-            with contextlib.suppress(UserError):
-                found.append(str(resolve_config(value)))
-    return found
 
 
 def run_name_of(sub: Any) -> str:
