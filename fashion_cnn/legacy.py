@@ -123,15 +123,17 @@ def _short(class_path: Any) -> str:
 
 
 def to_flat(model: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A new resolved ``model`` config in the old flat form, or None if the old code had no such
-    model (another network class, skip connections, another optimiser or scheduler or setting)."""
+    """A new resolved ``model`` config in the old flat form, or None if it has no such form (another
+    network class, optimiser or scheduler, or one with other arguments). Skip connections, which
+    the old network lacked, appear as ``skip: true`` only when on, so every old model keeps its
+    form and the study reports name the one setting a skip variant changes."""
     model = dict(model)
     net, opt, sched = model.pop("net", None), model.pop("optimizer", None), model.pop("scheduler", None)
     if not (isinstance(net, Mapping) and _short(net.get("class_path")) == NET and isinstance(opt, Mapping)):
         return None
     net_args = dict(net.get("init_args") or {})
     if net_args.pop("skip", False):
-        return None
+        net_args["skip"] = True  # new: recorded only when on (off: the old network, the old hash)
     for key in LINKED_NET_KEYS:
         net_args.pop(key, None)
     flat: dict[str, Any] = {**net_args, **OLD_DEFAULTS}

@@ -326,6 +326,7 @@ def test_shipped_study_hashes_are_pinned() -> None:
         "normalisation": "b2cbd32fb7f5",
         "combined": "40b5a736756a",
         "ultimate": "da4f452b74b6",
+        "skip_connections": "c260a14a40df",  # new in issue 20; the journal's six are unchanged
     }
     from fashion_cnn.experiment import ConfigResolver
 
