@@ -46,7 +46,7 @@ from fashion_cnn.configs import ConfigFileAction
 from fashion_cnn.data import FashionMNISTDataModule
 from fashion_cnn.errors import CheckpointError, ConfigError, Interrupted, UserError
 from fashion_cnn.evaluation import EvaluationReport
-from fashion_cnn.legacy import is_flat, to_parts
+from fashion_cnn.legacy import is_flat, to_parts, translate_args
 from fashion_cnn.network import FashionCNNNet
 from fashion_cnn.predictions import PredictionWriter
 from fashion_cnn.seeding import EpochSeed
@@ -109,7 +109,9 @@ class ArgumentParser(LightningArgumentParser):
         problem = diagnose(given, config_files(given))
         if problem is not None:
             self.error(problem)
-        return super().parse_args(args, namespace, **kwargs)
+        # The old flat keys (--model.dropout, --model.lr) name the journal network's and the
+        # optimiser's arguments (fashion_cnn.legacy.ALIASES).
+        return super().parse_args(translate_args(given), namespace, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         raise ConfigError(message.strip().replace("\n", " "))

@@ -92,8 +92,14 @@ def test_fit_records_everything_in_mlflow(workdir: Path) -> None:
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "debug-seed0"
     params = run.data.params
-    assert params["layers"] == "2" and params["filters"] == "4" and params["norm"] == "batch"
-    assert params["optimizer"] == "adam" and params["lr_scheduler"] == "plateau"
+    net = "net/init_args/"
+    assert (
+        params[net + "layers"] == "2" and params[net + "filters"] == "4" and params[net + "norm"] == "batch"
+    )
+    assert (
+        params["optimizer/class_path"] == "torch.optim.Adam" and params["optimizer/init_args/lr"] == "0.001"
+    )
+    assert params["scheduler/class_path"] == "torch.optim.lr_scheduler.ReduceLROnPlateau"
     assert params["seed"] == "0" and params["trainer.max_epochs"] == "2"
     assert params["batch_size"] == "32"
     from fashion_cnn import FashionCNN
@@ -218,14 +224,14 @@ def test_resume_without_a_checkpoint_says_what_to_do(workdir: Path, capsys: pyte
         (["--model.dropout=1.5"], ["dropout=1.5", "[0, 1)"]),
         (["--model.layers=0"], ["layers=0"]),
         (["--model.filters=-1"], ["filters=-1"]),
-        (["--model.norm=weight"], ["model.norm", "weight"]),
+        (["--model.norm=weight"], ["norm", "weight"]),
         (
             ["--model.norm=group", "--model.filters=12", "--model.norm_groups=8"],
             ["norm_groups=8", "filters=12"],
         ),
         (["--model.layers=20", "--model.pool_every=1"], ["pool after block"]),
         (["--model.colour=3"], ["unrecognized", "model.colour"]),
-        (["--model.layers=abc"], ["model.layers", "abc"]),
+        (["--model.layers=abc"], ["layers", "abc"]),
         (["--trainer.max_epochs=many"], ["max_epochs"]),
     ],
 )
@@ -393,14 +399,14 @@ def test_non_finite_loss_stops_with_the_epoch_and_step(workdir: Path, capsys: py
             str(REPO / "fashion_cnn" / "configs" / "debug.yaml"),
             *TINY,
             "--trainer.max_epochs=3",
-            "--model.optimizer=sgd",
-            "--model.lr=1e12",
-            "--model.norm=none",
+            "--model.optimizer=torch.optim.SGD",
+            "--model.optimizer.lr=1e12",
+            "--model.net.norm=none",
         ]
     )
     err = capsys.readouterr().err
     assert code == 2
-    assert "NaN or infinite at epoch" in err and "global step" in err and "--model.lr" in err
+    assert "NaN or infinite at epoch" in err and "global step" in err and "--model.optimizer.lr" in err
     (run,) = _runs(workdir)
     assert run.info.status == "FAILED"
     assert not list((workdir / "runs").glob("*/*/checkpoints/interrupted.ckpt"))
