@@ -187,3 +187,25 @@ def test_a_checkpoint_of_the_old_flat_form_loads_and_predicts_the_same() -> None
     with torch.no_grad():
         logits, _ = classifier(expected["x"])
     assert torch.allclose(logits, expected["logits"]) and metadata["normalize"] == "true"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_guides_study_compares_the_users_network_with_the_journals(tmp_path: Path) -> None:
+    """docs/extending/my_study.yaml through the real CLI, at a tiny budget: a verdict is reported."""
+    root = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": f"{GUIDE}:{root}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    budget = ["--seeds", "2", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3"]
+    budget += ["--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "fashion_cnn.cli", "study", str(GUIDE / "my_study.yaml"), *budget],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "studies" / "my_study" / "report.md").read_text()
+    assert "tiny_resnet beats journal on test/loss" in report and "(2,682 params)" not in report
+    assert "2,682" in report and "832,298" in report

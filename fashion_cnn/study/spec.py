@@ -321,7 +321,9 @@ def _overrides(value: Mapping[str, Any], where: str) -> dict[str, Any]:
         if bare in RESERVED:
             raise StudyError(f"{where}: {key} is set by the study itself; {RESERVED[bare]}")
         # The old flat keys (model.dropout) still work: they name the journal network's arguments.
-        out[translate_key(bare)] = val
+        # A class-path value ({model.net: {class_path: ..., init_args: ...}}) comes back from the
+        # schema's parser as a Namespace: plain data again.
+        out[translate_key(bare)] = val.as_dict() if hasattr(val, "as_dict") else val
     return out
 
 
