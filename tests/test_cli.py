@@ -125,7 +125,7 @@ def test_fit_records_everything_in_mlflow(workdir: Path) -> None:
     logged_config = yaml.safe_load(
         Path(client.download_artifacts(run.info.run_id, "config.yaml", str(workdir.parent))).read_text()
     )
-    assert logged_config["model"]["layers"] == 2 and logged_config["seed_everything"] == 0
+    assert logged_config["model"]["net"]["init_args"]["layers"] == 2 and logged_config["seed_everything"] == 0
     ckpts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
     assert len(ckpts) == 1 and ckpts[0].endswith(".ckpt")
     best = Path(run.data.tags["best_checkpoint"])
@@ -154,7 +154,9 @@ def test_runs_never_share_files(workdir: Path) -> None:
 
 def test_unseeded_run_records_its_seed(workdir: Path) -> None:
     config = workdir / "noseed.yaml"
-    config.write_text("model:\n  pool_every: 1\ntrainer:\n  max_epochs: 1\n  limit_train_batches: 2\n")
+    config.write_text(
+        "model:\n  net:\n    init_args:\n      pool_every: 1\ntrainer:\n  max_epochs: 1\n  limit_train_batches: 2\n"
+    )
     result = run_experiment(config, [*TINY, "--test_after_fit=false"])
     (run,) = _runs(workdir)
     seed = int(run.data.params["seed"])
