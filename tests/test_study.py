@@ -228,7 +228,7 @@ def test_overrides_from_the_command_line() -> None:
     assert run_overrides(groups) == {
         "trainer.max_epochs": 1,
         "trainer.limit_train_batches": 20,
-        "model.lr": -1,
+        "model.optimizer.init_args.lr": -1,  # the old flat key, as the optimiser's argument
     }
     assert study.override_args(run_overrides(groups)) == [
         "--trainer.max_epochs=1",
