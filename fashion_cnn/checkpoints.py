@@ -145,9 +145,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{p} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by fashion-cnn fit"
         )
     hparams = checkpoint.get("hyper_parameters", {})
-    if "layers" not in hparams or "filters" not in hparams:
+    if "net" not in hparams and ("layers" not in hparams or "filters" not in hparams):
+        # New checkpoints name their network (net); those before issue 20 hold layers/filters.
         raise CheckpointError(
-            f"{p} is a checkpoint of another model (its hyperparameters have no layers/filters); "
+            f"{p} is a checkpoint of another model (its hyperparameters have no net, nor layers/filters); "
             "pass a checkpoint written by fashion-cnn fit"
         )
     return checkpoint

@@ -1,8 +1,9 @@
 """The configs shipped inside the package, and how a ``--config`` value finds one.
 
-Every journal config, recipe, study and sweep file lives in ``fashion_cnn/configs/`` and travels in
-the wheel, so ``fashion-cnn fit --config configs/ultimate.yaml`` works in any folder. A value is
-resolved in this order:
+Every journal config, recipe, study and sweep file lives once, in ``configs/`` at the top of the
+repository; ``fashion_cnn/configs`` is a symbolic link to it, so setuptools copies the files into the
+wheel as package data (``fashion_cnn/configs/...``) and ``fashion-cnn fit --config
+configs/ultimate.yaml`` works in any folder after ``pip install``. A value is resolved in this order:
 
 1. a file that exists at that path (relative to the working directory) wins;
 2. otherwise ``configs/<name>.yaml``, ``<name>.yaml`` and bare names such as ``ultimate`` or

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
@@ -273,6 +273,29 @@ def uint8_loader(
 
 # --------------------------------------------------------------------------------------------
 # The datamodule
+
+
+@runtime_checkable
+class DataProtocol(Protocol):
+    """What the training system reads from a DataModule (the CLI links each into the model).
+
+    Any ``LightningDataModule`` that has these five attributes (plain attributes or properties,
+    readable right after ``__init__``) works by class path: ``--data my_data.MyDataModule``.
+
+    Attributes:
+        num_classes: Number of classes; the network's output width.
+        input_shape: ``(channels, height, width)`` of one image as the batches carry it.
+        input_mean: Pixel mean on the [0, 1] scale the model subtracts from uint8 images (0 for
+            none); float batches are used as they come.
+        input_std: Pixel standard deviation the model divides by (1 for none).
+        class_names: One name per class, in label order (reports and predictions).
+    """
+
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    input_mean: float
+    input_std: float
+    class_names: Sequence[str]
 
 
 class FashionMNISTDataModule(L.LightningDataModule):

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 import warnings
@@ -31,7 +32,7 @@ from typing import Any, NoReturn, cast
 import lightning as L
 import torch
 import yaml
-from jsonargparse import capture_parser
+from jsonargparse import capture_parser, lazy_instance
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -39,11 +40,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_cnn import __version__
 from fashion_cnn.checkpoints import AtomicCheckpointIO, RunCheckpoint, read_checkpoint
+from fashion_cnn.components import LINKS, config_files, diagnose
 from fashion_cnn.configs import ConfigFileAction
 from fashion_cnn.console import RunConsole, precision_reason
 from fashion_cnn.data import FashionMNISTDataModule
 from fashion_cnn.errors import CheckpointError, ConfigError, Interrupted, UserError
 from fashion_cnn.evaluation import EvaluationReport
+from fashion_cnn.legacy import is_flat, to_parts, translate_args
+from fashion_cnn.network import FashionCNNNet
 from fashion_cnn.predictions import PredictionWriter
 from fashion_cnn.seeding import EpochSeed
 from fashion_cnn.speed import fast_precision
@@ -94,6 +98,20 @@ class ArgumentParser(LightningArgumentParser):
     def add_subcommands(self, *args: Any, **kwargs: Any) -> Any:
         self.subcommands_action = super().add_subcommands(*args, **kwargs)
         return self.subcommands_action
+
+    def parse_args(  # type: ignore[override]  # the same parameters, passed on unchanged
+        self, args: Any = None, namespace: Any = None, **kwargs: Any
+    ) -> Any:
+        # jsonargparse would say only that a value is not of the expected type: name the import
+        # error, or the wrong kind of class, of a class path first (through error(), so the
+        # console prints it as its one line).
+        given = [str(a) for a in args] if args is not None else sys.argv[1:]
+        problem = diagnose(given, config_files(given))
+        if problem is not None:
+            self.error(problem)
+        # The old flat keys (--model.dropout, --model.lr) name the journal network's and the
+        # optimiser's arguments (fashion_cnn.legacy.ALIASES).
+        return super().parse_args(translate_args(given), namespace, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         raise ConfigError(message.strip().replace("\n", " "))
@@ -148,7 +166,8 @@ class FashionCLI(LightningCLI):
         self.precision_reason = "as configured"
         super().__init__(
             FashionCNN,
-            FashionMNISTDataModule,
+            L.LightningDataModule,  # any DataModule by class path; Fashion-MNIST by default
+            subclass_mode_data=True,
             save_config_callback=LogConfigToMLflow,
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=True,
@@ -205,15 +224,30 @@ class FashionCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        # What the data decides is linked, never typed twice.
-        for source, target, compute in (
-            ("data.num_classes", "model.num_classes", None),
-            ("data.input_shape", "model.in_channels", _channels),
-            ("data.input_shape", "model.image_size", _height),
-            ("data.input_mean", "model.input_mean", None),
-            ("data.input_std", "model.input_std", None),
-        ):
-            parser.link_arguments(source, target, compute_fn=compute, apply_on="instantiate")
+        # The journal's network and data unless the config names others (by class path).
+        parser.set_defaults(
+            {"model.net": lazy_instance(FashionCNNNet), "data": lazy_instance(FashionMNISTDataModule)}
+        )
+        # What the data decides is linked, never typed twice: into the training system, and into
+        # the network for any network that takes these arguments (jsonargparse skips a link whose
+        # target the chosen class does not have). Each reads the DataModule through its protocol
+        # (data.DataProtocol), so a missing attribute is named before anything is built.
+        for target, read in LINKS:
+            parser.link_arguments("data", target, compute_fn=read, apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the model's hyperparameters from --ckpt_path into the config; those
+        # of a checkpoint written before issue 20 are flat (layers, filters, ...): map them.
+        checkpoint = self._checkpoint
+        if checkpoint is None or not self.config.get("subcommand"):
+            return
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if is_flat(hparams):
+            hparams = to_parts(hparams)
+        if not hparams:
+            return
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         with warnings.catch_warnings():
@@ -255,6 +289,17 @@ class FashionCLI(LightningCLI):
             if self.subcommand == "fit" and self._checkpoint is not None and "run_id" in init:
                 init.run_id = init.run_id or self._run_to_resume(sub.ckpt_path, init)
         self.run_name = run_name
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as exc:
+            # A link's compute function (LINKS) found the DataModule without a protocol attribute;
+            # jsonargparse wraps that message in its own, which the user needs not read.
+            text = str(exc)
+            if "compute_fn of link" in text and "failed: " in text:
+                raise ConfigError(text.split("failed: ", 1)[1]) from None
+            raise
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         settings = self.config_init[self.subcommand]["trainer"]
@@ -390,14 +435,6 @@ def check_writable(folder: Path, option: str) -> None:
             f"{option} {folder} cannot be written ({problem}); pass a folder you can write to, "
             f"e.g. {option} ./runs"
         )
-
-
-def _channels(shape: tuple[int, int, int]) -> int:
-    return shape[0]
-
-
-def _height(shape: tuple[int, int, int]) -> int:
-    return shape[1]
 
 
 def run_name_of(sub: Any) -> str:

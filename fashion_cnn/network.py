@@ -8,6 +8,10 @@ Architecture (the only one consistent with the journal's two regularised paramet
     [Conv2d(k, same padding) -> Norm -> ReLU -> Dropout2d -> MaxPool2d(2)?] x layers
     -> Flatten -> Linear(filters[-1] * H * W, hidden) -> ReLU -> Linear(hidden, num_classes)
 
+With ``skip=True`` each block's output is added to its input (a residual connection, He et al.
+2016): an identity when the widths match, else a 1x1 convolution; the pool, if any, follows the
+add. Off by default, so the journal's networks and their parameter counts are unchanged.
+
 ``filters`` is one width for every block (the journal's networks) or one width per block (e.g.
 doubling after each pool, the usual way to spend parameters where the maps are small).
 
@@ -95,6 +99,46 @@ class ConvBlock(nn.Sequential):
         if pool:
             layers.append(nn.MaxPool2d(2))
         super().__init__(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """A :class:`ConvBlock` (without its pool) whose output is added to its input, then the pool.
+
+    The shortcut is the identity when ``in_channels == out_channels``, else a 1x1 convolution (a
+    projection), so the add always sees matching shapes (the convolution keeps the spatial size).
+
+    Args:
+        in_channels: Channels of the input feature map.
+        out_channels: Filters of the convolution.
+        kernel_size: Odd kernel size.
+        norm: Normalisation after the convolution.
+        dropout: Dropout2d probability.
+        pool: Whether a 2x2 max-pool follows the add.
+        groups: Number of groups for ``norm="group"``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        norm: NormName = "none",
+        dropout: float = 0.0,
+        pool: bool = False,
+        groups: int = 8,
+    ) -> None:
+        super().__init__()
+        self.body = ConvBlock(
+            in_channels, out_channels, kernel_size, norm, dropout, pool=False, groups=groups
+        )
+        self.shortcut: nn.Module = (
+            nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        )
+        self.pool: nn.Module = nn.MaxPool2d(2) if pool else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``pool(body(x) + shortcut(x))``."""
+        return self.pool(self.body(x) + self.shortcut(x))
 
 
 def pool_positions(layers: int, pool_every: int, pool_after: Sequence[int] | None) -> list[int]:
@@ -226,6 +270,8 @@ class FashionCNNNet(nn.Module):
         num_classes: Number of output logits.
         in_channels: Channels of the input images.
         image_size: Height and width of the (square) input images.
+        skip: Add each block's input to its output (see :class:`ResidualBlock`); off in the
+            journal.
     """
 
     def __init__(
@@ -242,8 +288,25 @@ class FashionCNNNet(nn.Module):
         num_classes: int = 10,
         in_channels: int = 1,
         image_size: int = 28,
+        skip: bool = False,
     ) -> None:
         super().__init__()
+        # The constructor's arguments, so a checkpoint records how to rebuild this network.
+        self.init_args = {
+            "layers": layers,
+            "filters": filters if isinstance(filters, int) else list(filters),
+            "kernel_size": kernel_size,
+            "norm": norm,
+            "dropout": dropout,
+            "norm_groups": norm_groups,
+            "pool_every": pool_every,
+            "pool_after": None if pool_after is None else list(pool_after),
+            "hidden": hidden,
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "skip": skip,
+        }
         positions = check_config(
             layers=layers,
             filters=filters,
@@ -261,9 +324,10 @@ class FashionCNNNet(nn.Module):
         self.in_channels = in_channels
         self.image_size = image_size
         widths = block_widths(layers, filters)
+        block = ResidualBlock if skip else ConvBlock
         self.features = nn.Sequential(
             *(
-                ConvBlock(
+                block(
                     channels_in,
                     channels_out,
                     kernel_size,

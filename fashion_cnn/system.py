@@ -1,64 +1,81 @@
-"""The training system: loss, metrics, optimisation and logging around :class:`FashionCNNNet`."""
+"""The training system: loss, metrics, optimisation and logging around a network (:class:`FashionCNN`)."""
 
 from __future__ import annotations
 
+import copy
+import inspect
 import logging
-from collections.abc import Sequence
-from typing import Any, Literal, get_args
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from fashion_cnn.components import (
+    accepted,
+    as_factory,
+    build_module,
+    check_output_shape,
+    class_path_of,
+    factory_class,
+    factory_kwargs,
+    spec_of,
+)
 from fashion_cnn.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_batch
 from fashion_cnn.errors import NonFiniteLossError
-from fashion_cnn.network import FashionCNNNet, NormName, count_parameters
+from fashion_cnn.legacy import FLAT_KEYS, NET_KEYS, check_flat, to_parts
+from fashion_cnn.network import FashionCNNNet, count_parameters
 
 log = logging.getLogger(__name__)
 
 # On accelerators the non-finite-loss flag is read every this many steps (a read is a host sync).
 NONFINITE_CHECK_EVERY = 50
 
+# The names the flat hyperparameters of before issue 20 used (fashion_cnn.legacy maps them).
 OptimizerName = Literal["adam", "adamw", "sgd"]
-
-
 SchedulerName = Literal["plateau", "onecycle", "cosine", "none"]
+
+# Scheduler arguments the trainer fills in when the config leaves them out: the run's length in
+# optimiser steps (the scheduler then steps every batch) or in epochs.
+STEP_ARGS = ("total_steps",)
+EPOCH_ARGS = ("T_max",)
 
 
 class FashionCNN(L.LightningModule):
-    """LightningModule that trains the journal's CNN on Fashion-MNIST.
+    """The training system: loss, metrics, optimisation and logging around a network.
 
-    Architecture arguments go straight to :class:`~fashion_cnn.network.FashionCNNNet`; the rest
-    choose the loss, optimiser and learning-rate schedule. Optimiser and scheduler are plain names
-    (not objects) so that every run records them as hyperparameters and
-    ``FashionCNN.load_from_checkpoint(path)`` needs nothing but the file.
+    The network, optimiser and learning-rate scheduler are arguments, as in Lightning's own guidance
+    (the LightningModule is the system around a model) and lightning-hydra-template's
+    ``MNISTLitModule``: on the command line and in configs each is a class path with its own
+    arguments (``model.net: {class_path: my_nets.TinyResNet, init_args: {...}}``), so any importable
+    ``nn.Module``, ``torch.optim`` optimiser and scheduler works. The data decides ``num_classes``,
+    ``input_shape``, ``input_mean`` and ``input_std`` through the CLI's links, into the network too
+    when it takes ``num_classes``, ``in_channels``, ``image_size`` or ``input_shape``.
 
     Args:
-        layers: Number of convolutional blocks.
-        filters: Channels of every block (one integer), or a list with one width per block.
-        kernel_size: Odd convolution kernel size.
-        norm: Normalisation in each block: none, batch, instance, layer or group.
-        dropout: Dropout2d probability in each block, in [0, 1).
-        norm_groups: Groups for norm=group; must divide filters.
-        pool_every: A 2x2 max-pool closes every pool_every-th block (0: never).
-        pool_after: Explicit 1-based block indices to pool after; overrides pool_every.
-        hidden: Width of the head's hidden linear layer.
-        num_classes: Number of classes (linked from the datamodule by the CLI).
-        in_channels: Input channels (linked from the datamodule by the CLI).
-        image_size: Input height and width (linked from the datamodule by the CLI).
-        optimizer: adam (the journal's), adamw or sgd (with Nesterov momentum).
-        lr: Learning rate; the peak rate for the onecycle schedule.
-        weight_decay: Weight decay (decoupled for adamw, L2 for adam and sgd).
-        momentum: Momentum for sgd.
-        lr_scheduler: plateau (ReduceLROnPlateau on val/loss, the journal's), onecycle (per step),
-            cosine (per epoch, to zero at max_epochs) or none.
-        plateau_factor: Factor by which plateau multiplies the learning rate.
-        plateau_patience: Epochs without val/loss improvement before plateau reduces the rate.
+        net: The network: images (B, C, H, W) -> logits (B, num_classes). Default: the journal's
+            :class:`~fashion_cnn.network.FashionCNNNet` for the data's shape. A ``{class_path,
+            init_args}`` mapping is built here (as a checkpoint stores it).
+        optimizer: Builds the optimiser from the parameters (``OptimizerCallable``). Default: the
+            journal's Adam (lr 1e-3).
+        scheduler: Builds the learning-rate scheduler from the optimiser (``LRSchedulerCallable``),
+            or None. Default: the journal's ReduceLROnPlateau on val/loss (factor 0.1, patience
+            10), stepped per epoch. A scheduler that takes ``total_steps`` (OneCycleLR) gets the
+            run's optimiser steps from the trainer and steps every batch; one that takes ``T_max``
+            (CosineAnnealingLR) gets max_epochs when the config leaves it out.
         label_smoothing: Label smoothing of the cross-entropy loss, in [0, 1).
+        num_classes: Number of classes (linked from the datamodule by the CLI).
+        input_shape: (channels, height, width) of the images (linked from the datamodule by the
+            CLI); the network's output is checked on one dummy batch of this shape at construction.
         channels_last: Run the network in channels_last memory format. None (default) turns it
-            on for none, batch and layer norm, off for instance and group norm, which it slows.
+            on for the journal's network with none, batch or layer norm, off otherwise (instance
+            and group norm kernels lack a fast channels_last path).
         compile: Run the network through ``torch.compile``. Measured on a 2-core AVX512-BF16 CPU
             (docs/benchmarks.md): 7-20 s to compile, then 1.39x for InstanceNorm nets in fp32
             but 0.75-0.8x under the default bf16 autocast, so leave it off there. Checkpoints
@@ -69,70 +86,71 @@ class FashionCNN(L.LightningModule):
 
     The model takes uint8 images (0-255, as the datamodule yields them and as files store them)
     and turns them into ``(x / 255 - input_mean) / input_std`` itself; float images are taken as
-    already prepared. Both values are hyperparameters, so a checkpoint carries them.
+    already prepared. Every part is recorded in the hyperparameters as plain data (class paths and
+    arguments), so ``FashionCNN.load_from_checkpoint(path)`` needs nothing but the file and the
+    network's module on the path. Checkpoints of the old flat form (``layers, filters, ...``)
+    load too (:mod:`fashion_cnn.legacy`).
     """
 
     def __init__(
         self,
-        layers: int = 4,
-        filters: int | list[int] = 32,
-        kernel_size: int = 3,
-        norm: NormName = "none",
-        dropout: float = 0.0,
-        norm_groups: int = 8,
-        pool_every: int = 3,
-        pool_after: Sequence[int] | None = None,
-        hidden: int = 128,
-        num_classes: int = 10,
-        in_channels: int = 1,
-        image_size: int = 28,
-        optimizer: OptimizerName = "adam",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        lr_scheduler: SchedulerName = "plateau",
-        plateau_factor: float = 0.1,
-        plateau_patience: int = 10,
+        net: nn.Module | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = torch.optim.lr_scheduler.ReduceLROnPlateau,
         label_smoothing: float = 0.0,
+        num_classes: int = 10,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
         channels_last: bool | None = None,
         compile: bool = False,
         input_mean: float = FASHION_MNIST_MEAN,
         input_std: float = FASHION_MNIST_STD,
+        **flat: Any,
     ) -> None:
         super().__init__()
-        _check_training_args(
-            optimizer,
-            lr,
-            weight_decay,
-            momentum,
-            lr_scheduler,
-            plateau_factor,
-            plateau_patience,
-            label_smoothing,
-        )
+        if flat or isinstance(optimizer, str):
+            net, optimizer, scheduler, num_classes, input_shape = _from_flat(
+                flat, optimizer, scheduler, net, num_classes, input_shape
+            )
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 1), e.g. 0.1")
         if not input_std > 0:
             raise ValueError(f"input_std={input_std!r} must be > 0 (1 for unnormalised input)")
-        if pool_after is not None:
-            pool_after = list(pool_after)  # a YAML list or tuple; stored as a plain list
-        self.save_hyperparameters()
-        self.net = FashionCNNNet(
-            layers=layers,
-            filters=filters,
-            kernel_size=kernel_size,
-            norm=norm,
-            dropout=dropout,
-            norm_groups=norm_groups,
-            pool_every=pool_every,
-            pool_after=pool_after,
-            hidden=hidden,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            image_size=image_size,
+        input_shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
+        spec = dict(net) if isinstance(net, Mapping) else None
+        if isinstance(net, Mapping):
+            net = build_module(net)
+        if net is None:
+            channels, size = input_shape[0], input_shape[1]
+            net = FashionCNNNet(num_classes=num_classes, in_channels=channels, image_size=size)
+        self.optimizer_factory: Callable[..., Any] = (
+            as_factory(optimizer, "model.optimizer") if isinstance(optimizer, Mapping) else optimizer
         )
+        self.scheduler_factory: Callable[..., Any] | None = (
+            as_factory(scheduler, "model.scheduler") if isinstance(scheduler, Mapping) else scheduler
+        )
+        with warnings.catch_warnings():
+            # The network is saved as its spec below, not as a module object.
+            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        # Plain data only (class paths and arguments): a checkpoint loads with weights_only=True.
+        # Under the CLI the parts arrive here as the parsed specs (with every argument); built in
+        # Python, they are described from the objects.
+        hp = self.hparams
+        for key in [k for k in hp if k not in _PARAMETERS]:
+            hp.pop(key)  # _instantiator (rebuilt here from the specs) and the old flat arguments
+        given = spec if spec is not None else hp.get("net")
+        hp["net"] = _net_spec(net, given if isinstance(given, Mapping) else None)
+        for key, factory in (("optimizer", self.optimizer_factory), ("scheduler", self.scheduler_factory)):
+            given = hp.get(key)
+            hp[key] = spec_of(given if isinstance(given, Mapping) else factory)
+        hp["input_shape"] = list(input_shape)
+        self._hparams_initial = copy.deepcopy(hp)  # what loggers record
+        self.net = net
+        check_output_shape(self.net, input_shape, num_classes)
         # Auto: with bf16 on an AVX512-BF16 CPU, channels_last lifts none/batch/layer nets from
         # ~1.9x to ~2.4x over fp32, but drags instance (2.1x -> 1.9x) and group norm (2.0x ->
         # 1.05x), whose kernels lack a fast channels_last path; docs/benchmarks.md has the table.
-        auto = norm in ("none", "batch", "layer")
+        auto = isinstance(net, FashionCNNNet) and net.init_args["norm"] in ("none", "batch", "layer")
         self.use_channels_last = auto if channels_last is None else channels_last
         if self.use_channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -210,42 +228,31 @@ class FashionCNN(L.LightningModule):
         return out
 
     def configure_optimizers(self) -> Any:
-        hp = self._hp
-        params = self.parameters()
-        optimizer: torch.optim.Optimizer
-        scheduler: Any
-        if hp.optimizer == "adam":
-            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            optimizer = torch.optim.SGD(
-                params,
-                lr=hp.lr,
-                momentum=hp.momentum,
-                nesterov=hp.momentum > 0,
-                weight_decay=hp.weight_decay,
-            )
-        if hp.lr_scheduler == "none":
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
             return optimizer
-        if hp.lr_scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=hp.plateau_factor, patience=hp.plateau_patience
-            )
+        cls = factory_class(self.scheduler_factory)
+        given = factory_kwargs(self.scheduler_factory)
+        params = inspect.signature(cls).parameters if cls is not None else {}
+        extra: dict[str, Any] = {}
+        interval = "epoch"
+        for name in STEP_ARGS:
+            if name in params and given.get(name) is None:
+                # The run's length in optimiser steps, known once the trainer has the data
+                # (max_epochs x batches, or max_steps).
+                extra[name] = int(self.trainer.estimated_stepping_batches)
+                interval = "step"
+        for name in EPOCH_ARGS:
+            if name in params and given.get(name) is None:
+                max_epochs = self.trainer.max_epochs
+                extra[name] = max_epochs if max_epochs and max_epochs > 0 else 1
+        scheduler = self.scheduler_factory(optimizer, **extra)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             # strict=False: a run without validation (limit_val_batches=0) keeps the rate and
             # warns instead of crashing at the end of the first epoch.
             config = {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch", "strict": False}
             return {"optimizer": optimizer, "lr_scheduler": config}
-        if hp.lr_scheduler == "onecycle":
-            # The schedule needs the run's length in optimiser steps, known once the trainer has
-            # the data (max_epochs x batches, or max_steps).
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=hp.lr, total_steps=int(self.trainer.estimated_stepping_batches)
-            )
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     def on_fit_start(self) -> None:
         self._log_model_size()
@@ -293,11 +300,13 @@ class FashionCNN(L.LightningModule):
         if step < 0:
             return
         hp = self._hp
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None
+        norm = (hp.net.get("init_args") or {}).get("norm", "n/a")
         raise NonFiniteLossError(
             f"the training loss became NaN or infinite at epoch {self.current_epoch}, global step "
-            f"{step}. Likely causes: a learning rate too high for this model (lr={hp.lr}, "
-            f"optimizer={hp.optimizer}, norm={hp.norm}), or unnormalised inputs. Try a smaller "
-            "--model.lr, --trainer.gradient_clip_val 1.0, or a norm layer. Training stopped; the "
+            f"{step}. Likely causes: a learning rate too high for this model (lr={lr}, "
+            f"optimizer={hp.optimizer['class_path']}, norm={norm}), or unnormalised inputs. Try a smaller "
+            "--model.optimizer.lr, --trainer.gradient_clip_val 1.0, or a norm layer. Training stopped; the "
             "checkpoints written before this epoch are intact (resume from last.ckpt)."
         )
 
@@ -308,33 +317,48 @@ class FashionCNN(L.LightningModule):
             logger.log_hyperparams({"num_params": self.num_params})
 
 
-def _check_training_args(
-    optimizer: str,
-    lr: float,
-    weight_decay: float,
-    momentum: float,
-    lr_scheduler: str,
-    plateau_factor: float,
-    plateau_patience: int,
-    label_smoothing: float,
-) -> None:
-    """Fail at construction, naming the argument, for values that would only break mid-run."""
-    if optimizer not in get_args(OptimizerName):
-        raise ValueError(f"optimizer={optimizer!r} is unknown; use one of {get_args(OptimizerName)}")
-    if lr_scheduler not in get_args(SchedulerName):
-        raise ValueError(f"lr_scheduler={lr_scheduler!r} is unknown; use one of {get_args(SchedulerName)}")
-    if not lr > 0:
-        raise ValueError(f"lr={lr!r} must be > 0, e.g. 1e-3")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay={weight_decay!r} must be >= 0")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum={momentum!r} must be in [0, 1), e.g. 0.9")
-    if not 0 < plateau_factor < 1:
-        raise ValueError(f"plateau_factor={plateau_factor!r} must be in (0, 1), e.g. 0.1")
-    if plateau_patience < 0:
-        raise ValueError(f"plateau_patience={plateau_patience!r} must be >= 0")
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 1), e.g. 0.1")
+_PARAMETERS = frozenset(
+    ("net", "optimizer", "scheduler", "label_smoothing", "num_classes", "input_shape", "channels_last")
+    + ("compile", "input_mean", "input_std")
+)
+
+
+def _from_flat(
+    flat: dict[str, Any],
+    optimizer: Any,
+    scheduler: Any,
+    net: Any,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+) -> tuple[Any, Any, Any, int, tuple[int, int, int]]:
+    """The parts the old flat arguments describe (see :mod:`fashion_cnn.legacy`)."""
+    if isinstance(optimizer, str):
+        flat["optimizer"] = optimizer
+    unknown = sorted(set(flat) - FLAT_KEYS)
+    if unknown:
+        raise TypeError(f"FashionCNN got unexpected keyword arguments {unknown}")
+    check_flat(flat)
+    if net is not None and any(k in flat for k in NET_KEYS):
+        raise TypeError("give the network either as net= or as flat arguments (layers=...), not both")
+    flat.setdefault("num_classes", num_classes)
+    flat.setdefault("in_channels", input_shape[0])
+    flat.setdefault("image_size", input_shape[1])
+    parts = to_parts(flat)
+    if net is None:
+        net = parts["net"]
+    shape = tuple(parts["input_shape"])
+    return net, parts["optimizer"], parts["scheduler"], int(parts["num_classes"]), shape
+
+
+def _net_spec(net: nn.Module, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The network's spec: the one the CLI parsed, else its class path and the arguments it
+    records (``init_args``; a network built in Python that records none is stored by class only).
+    Arguments the class does not take (links offer num_classes and the input shape to every
+    network) are left out."""
+    spec = spec_of(given if given is not None else net) or {}
+    spec["class_path"] = class_path_of(type(net))
+    spec["init_args"] = accepted(type(net), spec.get("init_args") or {})
+    return spec
 
 
 __all__ = ["FashionCNN", "NonFiniteLossError", "OptimizerName", "SchedulerName"]

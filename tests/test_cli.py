@@ -52,10 +52,20 @@ def test_every_config_parses_through_the_cli(config: Path, capsys: pytest.Captur
     assert main(["fit", "--config", str(config), "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     wanted = yaml.safe_load(config.read_text())
+    # The data's settings under init_args (data is a DataModule by class path, Fashion-MNIST by default).
+    printed["data"] = printed["data"]["init_args"]
     for section in ("model", "data", "trainer"):
-        for key, value in (wanted.get(section) or {}).items():
-            assert printed[section][key] == value, f"{config.name}: {section}.{key}"
+        _assert_within(wanted.get(section) or {}, printed[section], f"{config.name}: {section}")
     assert config.read_text().startswith("# "), "each config opens with its header comment"
+
+
+def _assert_within(wanted: dict, printed: dict, where: str) -> None:
+    """Every key of ``wanted`` (nested) has its value in ``printed``."""
+    for key, value in wanted.items():
+        if isinstance(value, dict):
+            _assert_within(value, printed[key], f"{where}.{key}")
+        else:
+            assert printed[key] == value, f"{where}.{key}"
 
 
 def test_best_under_1m_recipe_is_under_1m_parameters() -> None:
@@ -82,8 +92,14 @@ def test_fit_records_everything_in_mlflow(workdir: Path) -> None:
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "debug-seed0"
     params = run.data.params
-    assert params["layers"] == "2" and params["filters"] == "4" and params["norm"] == "batch"
-    assert params["optimizer"] == "adam" and params["lr_scheduler"] == "plateau"
+    net = "net/init_args/"
+    assert (
+        params[net + "layers"] == "2" and params[net + "filters"] == "4" and params[net + "norm"] == "batch"
+    )
+    assert (
+        params["optimizer/class_path"] == "torch.optim.Adam" and params["optimizer/init_args/lr"] == "0.001"
+    )
+    assert params["scheduler/class_path"] == "torch.optim.lr_scheduler.ReduceLROnPlateau"
     assert params["seed"] == "0" and params["trainer.max_epochs"] == "2"
     assert params["batch_size"] == "32"
     from fashion_cnn import FashionCNN
@@ -109,7 +125,7 @@ def test_fit_records_everything_in_mlflow(workdir: Path) -> None:
     logged_config = yaml.safe_load(
         Path(client.download_artifacts(run.info.run_id, "config.yaml", str(workdir.parent))).read_text()
     )
-    assert logged_config["model"]["layers"] == 2 and logged_config["seed_everything"] == 0
+    assert logged_config["model"]["net"]["init_args"]["layers"] == 2 and logged_config["seed_everything"] == 0
     ckpts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
     assert len(ckpts) == 1 and ckpts[0].endswith(".ckpt")
     best = Path(run.data.tags["best_checkpoint"])
@@ -139,7 +155,9 @@ def test_runs_never_share_files(workdir: Path) -> None:
 
 def test_unseeded_run_records_its_seed(workdir: Path) -> None:
     config = workdir / "noseed.yaml"
-    config.write_text("model:\n  pool_every: 1\ntrainer:\n  max_epochs: 1\n  limit_train_batches: 2\n")
+    config.write_text(
+        "model:\n  net:\n    init_args:\n      pool_every: 1\ntrainer:\n  max_epochs: 1\n  limit_train_batches: 2\n"
+    )
     result = run_experiment(config, [*TINY, "--test_after_fit=false"])
     (run,) = _runs(workdir)
     seed = int(run.data.params["seed"])
@@ -211,14 +229,14 @@ def test_resume_without_a_checkpoint_says_what_to_do(workdir: Path, capsys: pyte
         (["--model.dropout=1.5"], ["dropout=1.5", "[0, 1)"]),
         (["--model.layers=0"], ["layers=0"]),
         (["--model.filters=-1"], ["filters=-1"]),
-        (["--model.norm=weight"], ["model.norm", "weight"]),
+        (["--model.norm=weight"], ["norm", "weight"]),
         (
             ["--model.norm=group", "--model.filters=12", "--model.norm_groups=8"],
             ["norm_groups=8", "filters=12"],
         ),
         (["--model.layers=20", "--model.pool_every=1"], ["pool after block"]),
         (["--model.colour=3"], ["unrecognized", "model.colour"]),
-        (["--model.layers=abc"], ["model.layers", "abc"]),
+        (["--model.layers=abc"], ["layers", "abc"]),
         (["--trainer.max_epochs=many"], ["max_epochs"]),
     ],
 )
@@ -390,14 +408,14 @@ def test_non_finite_loss_stops_with_the_epoch_and_step(workdir: Path, capsys: py
             str(REPO / "fashion_cnn" / "configs" / "debug.yaml"),
             *TINY,
             "--trainer.max_epochs=3",
-            "--model.optimizer=sgd",
-            "--model.lr=1e12",
-            "--model.norm=none",
+            "--model.optimizer=torch.optim.SGD",
+            "--model.optimizer.lr=1e12",
+            "--model.net.norm=none",
         ]
     )
     err = capsys.readouterr().err
     assert code == 2
-    assert "NaN or infinite at epoch" in err and "global step" in err and "--model.lr" in err
+    assert "NaN or infinite at epoch" in err and "global step" in err and "--model.optimizer.lr" in err
     (run,) = _runs(workdir)
     assert run.info.status == "FAILED"
     assert not list((workdir / "runs").glob("*/*/checkpoints/interrupted.ckpt"))

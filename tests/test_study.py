@@ -228,12 +228,12 @@ def test_overrides_from_the_command_line() -> None:
     assert run_overrides(groups) == {
         "trainer.max_epochs": 1,
         "trainer.limit_train_batches": 20,
-        "model.lr": -1,
+        "model.optimizer.init_args.lr": -1,  # the old flat key, as the optimiser's argument
     }
     assert as_args(run_overrides(groups)) == [
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=20",
-        "--model.lr=-1",
+        "--model.optimizer.init_args.lr=-1",
     ]
     with pytest.raises(StudyError, match="the study tags its runs"):
         run_overrides({"trainer": {"logger.init_args.tags": {"a": "b"}}})

@@ -135,7 +135,10 @@ def test_tiny_study_end_to_end_with_restart(
     }
     assert all(r.info.status == "FINISHED" and r.data.tags["study"] == "tiny" for r in children)
     assert all(r.data.tags["executor"] == "serial" and r.data.tags["machine.cpu"] for r in children)
-    assert all(r.data.params["filters"] in ("2", "4") and "test/acc" in r.data.metrics for r in children)
+    assert all(
+        r.data.params["net/init_args/filters"] in ("2", "4") and "test/acc" in r.data.metrics
+        for r in children
+    )
     for run in children:  # checkpoints and the evaluation report beside them, under the study's folder
         name = f"tiny-{run.data.tags['variant']}-seed{run.data.tags['seed']}"
         folder = workdir / "studies" / "tiny" / "runs" / name / run.info.run_id
@@ -340,6 +343,7 @@ def test_shipped_study_hashes_are_pinned() -> None:
         "normalisation": "b2cbd32fb7f5",
         "combined": "40b5a736756a",
         "ultimate": "da4f452b74b6",
+        "skip_connections": "c260a14a40df",  # new in issue 20; the journal's six are unchanged
     }
     from fashion_cnn.experiment import ConfigResolver
 

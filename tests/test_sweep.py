@@ -97,25 +97,21 @@ def test_the_shipped_sweep_and_its_best_config_parse_through_the_real_cli() -> N
     options = {k: v for k, v in config["sweep"].items() if k in SweepOptions.__dataclass_fields__}
     groups = {g: config["sweep"][g] for g in ("model", "data", "trainer", "checkpoint")}
     spec = build_spec(SweepOptions(**options), settings=settings_of(groups))
+    net = "model.net.init_args."
     assert spec.space.keys == [
-        "model.layers",
-        "model.filters",
-        "model.norm",
-        "model.norm_groups",
-        "model.dropout",
-        "model.lr",
+        *(net + k for k in ("layers", "filters", "norm", "norm_groups", "dropout")),
+        "model.optimizer.init_args.lr",
     ]
     assert spec.enqueue == (
-        {"model.layers": 6, "model.filters": 64, "model.norm": "instance"}
-        | {
-            "model.dropout": 0.1,
-            "model.lr": 0.001,
-        },
+        {net + "layers": 6, net + "filters": 64, net + "norm": "instance", net + "dropout": 0.1}
+        | {"model.optimizer.init_args.lr": 0.001},
     )
+    # The old flat keys still name the same settings.
+    assert parse_space({"model.layers": {"type": "int", "low": 2, "high": 8}}).keys == [net + "layers"]
     best = SWEEPS / "architecture_best.yaml"
     if best.exists():
         resolved = ConfigResolver().resolve(best)
-        assert resolved["model"]["layers"] >= 2
+        assert resolved["model"]["net"]["init_args"]["layers"] >= 2
 
 
 def test_the_same_seed_proposes_the_same_first_trials_and_a_rerun_does_not_repeat_them() -> None:
@@ -164,8 +160,8 @@ def test_a_trial_whose_worker_was_killed_is_marked_failed(tmp_path: Path) -> Non
     ("changes", "expected"),
     [
         (
-            {"space": {"model.lyers": {"type": "int", "low": 2, "high": 4}}},
-            "not a config key of fit; did you mean model.layers",
+            {"space": {"model.net.init_args.lyers": {"type": "int", "low": 2, "high": 4}}},
+            "model.net.init_args.lyers is not a config key of fit",
         ),
         ({"space": {"model.dropout": {"type": "float", "low": 0.2, "high": 0.2}}}, "the range is empty"),
         ({"space": {"model.dropout": {"type": "float", "low": 0.4, "high": 0.1}}}, "the range is inverted"),
@@ -277,7 +273,8 @@ def test_a_stopped_sweep_continues_when_started_again(workdir: Path, capsys: pyt
     for number, run in children.items():
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert study.trials[number].user_attrs["mlflow_run_id"] == run.info.run_id
-        assert run.data.params["sweep/model.filters"] == str(study.trials[number].params["model.filters"])
+        key = "model.net.init_args.filters"  # the space's model.filters, as the network's argument
+        assert run.data.params[f"sweep/{key}"] == str(study.trials[number].params[key])
     assert set(VALIDATION_METRICS) <= set(children[0].data.metrics)  # the objectives a sweep accepts
     assert not any(k.startswith("test/") for r in children.values() for k in r.data.metrics)
     # The best trial was tested once; its test metrics are on the parent and in the report.
@@ -293,7 +290,7 @@ def test_a_stopped_sweep_continues_when_started_again(workdir: Path, capsys: pyt
     for figure in ("optimization_history.png", "param_importances.png", "parallel_coordinates.png"):
         assert f"]({figure})" in report and (out / figure).stat().st_size > 0
     config = ConfigResolver().resolve(out / "best_config.yaml")
-    assert config["model"]["filters"] == best.params["model.filters"]
+    assert config["model"]["net"]["init_args"]["filters"] == best.params["model.net.init_args.filters"]
 
     # Once the search has its trials, a rerun trains nothing and tests nothing again.
     assert main(["sweep", "--config", str(path)]) == 0
@@ -305,7 +302,11 @@ def test_a_stopped_sweep_continues_when_started_again(workdir: Path, capsys: pyt
     path.write_text(yaml.safe_dump(changed))
     assert main(["sweep", "--config", str(path), "--n_trials", "6"]) == 2
     line = _error_line(capsys)
-    assert "search space changed" in line and "model.filters changed" in line and "--name tiny-2" in line
+    assert (
+        "search space changed" in line
+        and "model.net.init_args.filters changed" in line
+        and "--name tiny-2" in line
+    )
     assert len(_study(out).trials) == 4
 
 

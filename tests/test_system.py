@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fashion_cnn import FashionCNN, FashionMNISTDataModule
 from fashion_cnn.data import prepare_batch
+from fashion_cnn.legacy import to_flat
 
 
 def _loader(n: int = 64, seed: int = 0) -> DataLoader:
@@ -68,7 +69,10 @@ def test_optimizers_and_schedulers_train(
     trainer = _trainer(tmp_path, max_epochs=2)
     trainer.fit(model, _loader(), _loader(seed=1))
     assert isinstance(trainer.optimizers[0], opt_cls)
-    assert model.hparams.optimizer == optimizer and model.hparams.lr_scheduler == scheduler
+    # Recorded as class paths, and read back as the old names (the study hash's canonical form).
+    assert model.hparams.optimizer["class_path"].endswith(opt_cls.__name__)
+    flat = to_flat(model.hparams)
+    assert flat is not None and flat["optimizer"] == optimizer and flat["lr_scheduler"] == scheduler
 
 
 def test_logged_keys_and_parameter_count(tmp_path: Path) -> None:
@@ -91,7 +95,9 @@ def test_logged_keys_and_parameter_count(tmp_path: Path) -> None:
     assert not any(k.endswith(("_step", "_epoch")) for k in metrics_csv)
     hparams = (Path(trainer.logger.log_dir) / "hparams.yaml").read_text()
     assert f"num_params: {model.num_params}" in hparams
-    assert "optimizer: adam" in hparams and "lr_scheduler: plateau" in hparams
+    # The parts as class paths (plain data), not the old flat names.
+    assert "class_path: torch.optim.Adam" in hparams and "ReduceLROnPlateau" in hparams
+    assert "\nlr_scheduler:" not in hparams and "\nfilters:" not in hparams
 
 
 def test_training_lowers_the_loss(tmp_path: Path) -> None:

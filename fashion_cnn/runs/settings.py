@@ -77,9 +77,45 @@ def digest(tree: Any) -> str:
 
 
 def hashable(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat settings of a resolved config that change what a run computes."""
-    flat = flatten(resolved)
+    """The flat settings of a resolved config that change what a run computes, in canonical form."""
+    flat = flatten(canonical(resolved))
     return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_HASHED)}
+
+
+def canonical(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved config in the form run hashes were computed from before networks, optimisers and
+    data became class paths.
+
+    Configs name the network, optimiser, scheduler and data by class path now
+    (``model.net: {class_path, init_args}``). A config the old flat settings could express (the
+    journal's network, Adam/AdamW/SGD, ReduceLROnPlateau/OneCycleLR/cosine/none, Fashion-MNIST) is
+    hashed in that old form, so its hash, and the finished runs (and sweep settings) a rerun finds
+    by it, stay the same (tests/test_study_run.py pins the shipped study hashes). Anything new
+    (another network or optimiser, skip connections, another DataModule) is hashed as written.
+    """
+    from fashion_cnn.legacy import to_flat
+
+    tree = dict(resolved)
+    model = tree.get("model")
+    if isinstance(model, Mapping):
+        old = to_flat(model)
+        if old is not None:
+            tree["model"] = old
+    data = tree.get("data")
+    if isinstance(data, Mapping) and _is_fashion_mnist(data.get("class_path")):
+        tree["data"] = dict(data.get("init_args") or {})
+    return tree
+
+
+def _is_fashion_mnist(class_path: Any) -> bool:
+    from fashion_cnn.components import import_class
+    from fashion_cnn.data import FashionMNISTDataModule
+    from fashion_cnn.errors import ConfigError
+
+    try:
+        return import_class(str(class_path)) is FashionMNISTDataModule
+    except ConfigError:
+        return False
 
 
 def typed(
@@ -188,6 +224,7 @@ def command_line(
 __all__ = [
     "NOT_HASHED",
     "as_args",
+    "canonical",
     "command_line",
     "defaults_of",
     "digest",

@@ -17,6 +17,7 @@ from typing import Any
 
 from fashion_cnn.errors import ConfigError, StudyError
 from fashion_cnn.experiment import ConfigResolver
+from fashion_cnn.legacy import translate_key
 from fashion_cnn.runs.settings import as_args, digest, hashable, plain
 from fashion_cnn.study.spec import RESERVED, Study, Variant
 from fashion_cnn.tracking import resolve_tracking_uri
@@ -91,7 +92,7 @@ def run_overrides(groups: Mapping[str, Mapping[str, Any] | None]) -> dict[str, A
     flat: dict[str, Any] = {}
     for group, values in groups.items():
         for key, value in (values or {}).items():
-            flat[f"{group}.{key}"] = plain(value)
+            flat[translate_key(f"{group}.{key}")] = plain(value)
     for key in flat:
         if key in RESERVED:
             raise StudyError(f"--{key} cannot be set for a study: {RESERVED[key]}")
@@ -183,6 +184,12 @@ def _resolve(
         ) from None
 
 
+def data_settings(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The DataModule's settings of a resolved config (its init_args, or the flat old form)."""
+    data = resolved.get("data") or {}
+    return dict(data.get("init_args") or {}) if "class_path" in data else dict(data)
+
+
 def identical_variants(plan: StudyPlan) -> list[list[str]]:
     """Groups of variants whose resolved configs are the same (only seeds tell them apart)."""
     groups: dict[str, list[str]] = {}
@@ -215,7 +222,7 @@ TRAIN_IMAGES = 60_000
 
 def images_per_run(resolved: Mapping[str, Any]) -> tuple[Any, int, int, int]:
     """(epochs, training images seen, validation images per epoch, test images) of one run."""
-    trainer, data = resolved.get("trainer") or {}, resolved.get("data") or {}
+    trainer, data = resolved.get("trainer") or {}, data_settings(resolved)
     batch, val = int(data.get("batch_size") or 64), int(data.get("val_size") or 0)
     eval_batch = int(data.get("eval_batch_size") or max(batch, 256))
 

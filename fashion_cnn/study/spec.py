@@ -20,6 +20,7 @@ import yaml
 
 from fashion_cnn.configs import resolve_config
 from fashion_cnn.errors import ConfigError, StudyError
+from fashion_cnn.legacy import translate_key
 from fashion_cnn.runs.settings import typed
 from fashion_cnn.study.claims import Claim, Metric, is_number, parse_claim
 
@@ -300,7 +301,10 @@ def _overrides(value: Mapping[str, Any], where: str) -> dict[str, Any]:
         bare = key.removeprefix("--")
         if bare in RESERVED:
             raise StudyError(f"{where}: {key} is set by the study itself; {RESERVED[bare]}")
-        out[bare] = val
+        # The old flat keys (model.dropout) still work: they name the journal network's arguments.
+        # A class-path value ({model.net: {class_path: ..., init_args: ...}}) comes back from the
+        # schema's parser as a Namespace: plain data again.
+        out[translate_key(bare)] = val.as_dict() if hasattr(val, "as_dict") else val
     return out
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fashion_cnn.errors import SweepError
+from fashion_cnn.legacy import translate_key
 from fashion_cnn.runs.settings import typed
 
 Scalar = str | int | float | bool | None
@@ -157,6 +158,7 @@ class SearchSpace:
         """``values`` (an enqueued trial) checked against the space: known keys, proposable values."""
         out: dict[str, Any] = {}
         for key, value in values.items():
+            key = translate_key(key)
             if key not in self.keys:
                 raise SweepError(f"{where}: {key} is not a key of the space ({', '.join(self.keys)})")
             p = self.param(key)
@@ -187,6 +189,7 @@ def parse_space(raw: Any, where: str = "space") -> SearchSpace:
     for key, entry in raw.items():
         if not isinstance(key, str) or not _KEY.match(key):
             raise SweepError(f"{where}: {key!r} is not a dotted config key like model.lr")
+        key = translate_key(key)  # the old flat keys (model.layers) name the journal network's
         params.append(_check(key, _typed(entry, f"{where}: {key}"), params, f"{where}: {key}"))
     return SearchSpace(tuple(params))
 
@@ -272,6 +275,7 @@ def _conditions(
     known = {p.key: p for p in before}
     out = []
     for key, allowed in when.items():
+        key = translate_key(key)
         if key not in known:
             raise SweepError(
                 f"{where}: when: {key} must be a key of the space listed before this one "

@@ -1,0 +1,211 @@
+"""The user's own network, optimiser and data by class path; the old flat form still works."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fashion_cnn import FashionCNN
+from fashion_cnn.components import check_datamodule, diagnose
+from fashion_cnn.errors import ConfigError
+from fashion_cnn.legacy import to_flat, to_parts
+from fashion_cnn.network import FashionCNNNet, count_parameters
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "extending"
+sys.path.insert(0, str(GUIDE))
+import my_nets  # noqa: E402  (the guide's own file)
+
+
+def test_the_skip_option_keeps_the_journal_counts_when_off() -> None:
+    assert count_parameters(FashionCNNNet(layers=4, filters=32)) == 832_298
+    assert count_parameters(FashionCNNNet(layers=6, filters=64, norm="instance", dropout=0.1)) == 588_106
+    skip = FashionCNNNet(layers=8, filters=32, skip=True)
+    # Only the first block changes width (1 -> 32): one 1x1 projection, 32 + 32 parameters.
+    assert count_parameters(skip) == count_parameters(FashionCNNNet(layers=8, filters=32)) + 64
+    assert skip(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_a_users_network_and_optimiser_by_spec() -> None:
+    model = FashionCNN(
+        net={"class_path": "my_nets.TinyResNet", "init_args": {"width": 4}},
+        optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1, "momentum": 0.9}},
+        scheduler=None,
+    )
+    assert isinstance(model.net, my_nets.TinyResNet)
+    assert model.hparams["net"] == {"class_path": "my_nets.TinyResNet", "init_args": {"width": 4}}
+    assert isinstance(model.configure_optimizers(), torch.optim.SGD)
+    assert to_flat(model.hparams) is None  # not the journal's model: hashed as written
+
+
+def test_a_network_of_the_wrong_output_width_is_refused_at_construction() -> None:
+    with pytest.raises(ConfigError, match=r"returned \(2, 3\).*expected .*\(2, 10\)"):
+        FashionCNN(net=my_nets.WrongWidth())
+
+
+def test_old_flat_hyperparameters_build_the_same_model() -> None:
+    old = {"layers": 6, "filters": 64, "norm": "instance", "dropout": 0.1, "optimizer": "adamw", "lr": 3e-3}
+    old |= {"lr_scheduler": "onecycle", "weight_decay": 0.05, "num_classes": 10}
+    model = FashionCNN(**to_parts(old))
+    assert model.num_params == 588_106
+    flat = to_flat(model.hparams)
+    assert flat is not None and flat["optimizer"] == "adamw" and flat["lr_scheduler"] == "onecycle"
+    assert {k: flat[k] for k in ("layers", "filters", "lr", "weight_decay")} == {
+        "layers": 6,
+        "filters": 64,
+        "lr": 3e-3,
+        "weight_decay": 0.05,
+    }
+
+
+def test_bad_class_paths_are_named() -> None:
+    message = diagnose(["fit", "--model.net", "no_such_module.Net"])
+    assert message is not None and "module 'no_such_module' does not import (ModuleNotFoundError" in message
+    message = diagnose(["fit", "--model.net=torch.optim.Adam"])
+    assert message is not None and "is not a torch.nn.Module" in message
+    assert diagnose(["fit", "--model.optimizer", "torch.optim.AdamW"]) is None
+
+
+def test_a_datamodule_missing_a_protocol_attribute_is_named() -> None:
+    class Half:
+        num_classes = 10
+        input_shape = (1, 28, 28)
+
+    with pytest.raises(ConfigError, match="has no 'input_mean'"):
+        check_datamodule(Half())
+
+
+HALF_DATA = """
+import lightning as L
+
+
+class HalfData(L.LightningDataModule):
+    num_classes = 10
+    input_shape = (1, 28, 28)
+"""
+
+
+@pytest.mark.integration
+def test_the_guides_network_trains_through_the_cli_and_bad_input_is_one_line(tmp_path: Path) -> None:
+    env = {"PYTHONPATH": f"{GUIDE}:{tmp_path}:{Path(__file__).resolve().parents[1]}", "PATH": "/usr/bin:/bin"}
+    env |= {"HOME": str(tmp_path)}
+    base = [sys.executable, "-m", "fashion_cnn.cli", "fit", "--config", "debug"]
+    base += ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    base += ["--output_dir", str(tmp_path / "runs")]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*base, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+
+    bad = run("--model.net", "my_nets.WrongWidth")
+    assert bad.returncode == 2, bad.stderr
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("fashion-cnn: error:")]
+    assert len(errors) == 1 and "model.net my_nets.WrongWidth returned (2, 3)" in errors[0], bad.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+    missing = run("--model.net", "nope_nets.Net")
+    assert missing.returncode == 2 and "module 'nope_nets' does not import" in missing.stderr
+    (tmp_path / "half_data.py").write_text(HALF_DATA)
+    half = run("--data", "half_data.HalfData")
+    errors = [line for line in half.stderr.splitlines() if line.startswith("fashion-cnn: error:")]
+    assert half.returncode == 2 and errors == [
+        "fashion-cnn: error: data half_data.HalfData has no 'input_mean': a DataModule gives num_classes, "
+        "input_shape, input_mean, input_std, class_names (fashion_cnn.data.DataProtocol; docs/extending.md)"
+    ], half.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+    good = run(
+        "--model.net", "my_nets.TinyResNet", "--model.net.width", "4", "--model.optimizer", "torch.optim.SGD"
+    )
+    assert good.returncode == 0, good.stderr[-2000:]
+    old = str(FIXTURES / "old_flat.ckpt")  # a checkpoint of before issue 20 tests and predicts
+    tested = subprocess.run(
+        [sys.executable, "-m", "fashion_cnn.cli", "test", "--config", "debug", "--ckpt_path", old]
+        + ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db"]
+        + ["--output_dir", str(tmp_path / "old"), "--trainer.limit_test_batches", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert tested.returncode == 0 and "test/acc" in tested.stdout, tested.stderr[-2000:]
+    predicted = subprocess.run(
+        [sys.executable, "-m", "fashion_cnn.cli", "predict", "--config", "debug", "--ckpt_path", old]
+        + ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db"]
+        + ["--predictions_file", str(tmp_path / "p.csv"), "--trainer.limit_predict_batches", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert (tmp_path / "p.csv").read_text().startswith("item,predicted,confidence")
+    ckpt = next((tmp_path / "runs").rglob("best-*.ckpt"))
+    load = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from fashion_cnn.checkpoints import load_model; m, _ = load_model({str(ckpt)!r}); "
+            "print(type(m.net).__name__, m.hparams['optimizer']['class_path'])",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert load.stdout.split() == ["TinyResNet", "torch.optim.SGD"], load.stderr[-2000:]
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_a_checkpoint_of_the_old_flat_form_loads_and_predicts_the_same() -> None:
+    """tests/fixtures/old_flat.ckpt was written by the code before issue 20 (layers=1, filters=2,
+    BatchNorm, AdamW + one-cycle, label smoothing 0.1), with the logits it gave for two images."""
+    from fashion_cnn.checkpoints import load_model
+    from fashion_cnn.export import load_network
+
+    model, checkpoint = load_model(FIXTURES / "old_flat.ckpt")
+    assert checkpoint["hyper_parameters"]["layers"] == 1  # the old form, as written
+    expected = torch.load(FIXTURES / "old_flat_logits.pt", weights_only=True)
+    with torch.no_grad():
+        assert torch.equal(model(expected["x"]), expected["logits"])
+    assert model.num_params == 1646 and model.hparams.label_smoothing == 0.1
+    flat = to_flat(model.hparams)
+    assert flat is not None
+    assert (flat["optimizer"], flat["lr"], flat["weight_decay"], flat["lr_scheduler"]) == (
+        "adamw",
+        0.003,
+        0.05,
+        "onecycle",
+    )
+    classifier, metadata = load_network(FIXTURES / "old_flat.ckpt")
+    with torch.no_grad():
+        logits, _ = classifier(expected["x"])
+    assert torch.allclose(logits, expected["logits"]) and metadata["normalize"] == "true"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_guides_study_compares_the_users_network_with_the_journals(tmp_path: Path) -> None:
+    """docs/extending/my_study.yaml through the real CLI, at a tiny budget: a verdict is reported."""
+    root = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": f"{GUIDE}:{root}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    budget = ["--seeds", "2", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3"]
+    budget += ["--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "fashion_cnn.cli", "study", str(GUIDE / "my_study.yaml"), *budget],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "studies" / "my_study" / "report.md").read_text()
+    assert "tiny_resnet beats journal on test/loss" in report and "(2,682 params)" not in report
+    assert "2,682" in report and "832,298" in report
