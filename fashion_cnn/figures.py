@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -23,7 +23,24 @@ from fashion_cnn._io import atomic_path
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from fashion_cnn.evaluation import CalibrationBins
+
+class CalibrationBins(Protocol):
+    """What :func:`plot_reliability` draws (``evaluation.CalibrationBins`` is one): per bin its
+    edges, mean confidence, accuracy and count, n_bins + 1 entries each, and the ECE. A protocol,
+    so this module needs nothing from the evaluation that calls it."""
+
+    @property
+    def lower(self) -> torch.Tensor: ...
+    @property
+    def upper(self) -> torch.Tensor: ...
+    @property
+    def confidence(self) -> torch.Tensor: ...
+    @property
+    def accuracy(self) -> torch.Tensor: ...
+    @property
+    def count(self) -> torch.Tensor: ...
+    @property
+    def ece(self) -> float: ...
 
 
 def matplotlib_available() -> bool:

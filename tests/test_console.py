@@ -209,14 +209,23 @@ def test_fit_help_shows_every_option(capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     for option in (
         "--trainer.max_epochs",
-        "--model.dropout",
-        "--data.batch_size",
+        "--model.net",
+        "--model.optimizer",
+        "--model.scheduler",
+        "--data.help",
         "--checkpoint.monitor",
         "--run_name",
         "--output_dir",
         "--verbose",
     ):
         assert option in out, option
+    # The network's and the data's own options, as LightningCLI shows a class given by class path.
+    for argv, option in (
+        (["--model.net.help", "FashionCNNNet"], "--model.net.dropout"),
+        (["--data.help", "FashionMNISTDataModule"], "--data.batch_size"),
+    ):
+        assert main(["fit", *argv]) == 0
+        assert option in capsys.readouterr().out, option
 
 
 def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture) -> None:

@@ -92,7 +92,10 @@ def test_a_study_trains_its_runs_and_writes_its_reports(workdir: Path, capsys: p
     (parent,) = [r for r in runs if r.data.tags.get("study_role") == "parent"]
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED" and len(trials) == 2
-    assert {r.data.tags["variant"]: r.data.params["filters"] for r in trials} == {"two": "2", "four": "4"}
+    assert {r.data.tags["variant"]: r.data.params["net/init_args/filters"] for r in trials} == {
+        "two": "2",
+        "four": "4",
+    }
     report = (workdir / "studies" / "fast" / "report.md").read_text()
     assert report.startswith("# Fast study") and "> Four filters beat two." in report
     assert "| two |" in report and "| four |" in report and "(n = 1)" in report
