@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from fashion_cnn import FashionCNN, FashionMNISTDataModule
 from fashion_cnn.checkpoints import RunCheckpoint
 from fashion_cnn.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_batch
-from fashion_cnn.experiment import default_progress_bar
+from fashion_cnn.lightning_cli import default_progress_bar
 from fashion_cnn.seeding import EpochSeed
 from fashion_cnn.speed import fast_precision
 from fashion_cnn.tracking import MLflowLogger, RunIdInCheckpoint

@@ -37,7 +37,7 @@ DESCRIPTION = (
     "Configurable CNN experiments on Fashion-MNIST with PyTorch Lightning and MLflow: train and "
     "evaluate one config, run studies and sweeps, export a model, and look at the runs."
 )
-# The LightningCLI subcommands (fashion_cnn.experiment.TRAINER_SUBCOMMANDS) and their one-line help.
+# The LightningCLI subcommands (fashion_cnn.lightning_cli.TRAINER_SUBCOMMANDS) and their one-line help.
 TRAINER_HELP = {
     "fit": "Train a config, then test its best checkpoint; runs and metrics go to MLflow.",
     "validate": "Evaluate a checkpoint on the validation set.",
@@ -236,7 +236,7 @@ def console_parser_class(with_tools: bool = False) -> type[Any]:
         with_tools: Also register the tool subcommands next to LightningCLI's (the whole parser,
             as :func:`build_parser` shows it); the console itself dispatches them before.
     """
-    from fashion_cnn.experiment import ArgumentParser
+    from fashion_cnn.lightning_cli import ArgumentParser
 
     class ConsoleParser(ArgumentParser):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -323,7 +323,7 @@ def build_parser() -> JsonArgumentParser:
     """
     from jsonargparse import capture_parser
 
-    from fashion_cnn.experiment import FashionCLI
+    from fashion_cnn.lightning_cli import FashionCLI
 
     return capture_parser(lambda: FashionCLI(args=[], parser_class=console_parser_class(with_tools=True)))
 
@@ -396,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_trainer(args: list[str]) -> int:
     """fit, validate, test or predict through LightningCLI, inside the console's scope."""
-    from fashion_cnn.experiment import run_cli
+    from fashion_cnn.lightning_cli import run_cli
     from fashion_cnn.quiet import console_scope
 
     # --verbose is the console's, not the run's: kept out of the parsed config (and so out of the

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fashion_cnn.experiment import ConfigResolver
+from fashion_cnn.lightning_cli import ConfigResolver
 from fashion_cnn.runs.progress import Progress
 from fashion_cnn.study import StudyError, load_study, plan_study
 from fashion_cnn.study.runner import _grow, _schedules

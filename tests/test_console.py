@@ -229,7 +229,7 @@ def test_fit_help_shows_every_option(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture) -> None:
-    from fashion_cnn.experiment import TRAINER_SUBCOMMANDS
+    from fashion_cnn.lightning_cli import TRAINER_SUBCOMMANDS
 
     assert tuple(TRAINER_HELP) == TRAINER_SUBCOMMANDS
     assert main(["--help"]) == 0

@@ -25,7 +25,7 @@ from torchmetrics.classification import (
 from fashion_cnn import FashionCNN, FashionMNISTDataModule, figures
 from fashion_cnn import evaluation as ev
 from fashion_cnn.data import CLASS_NAMES, prepare_batch
-from fashion_cnn.experiment import TRAINER_DEFAULTS
+from fashion_cnn.lightning_cli import TRAINER_DEFAULTS
 from fashion_cnn.runs import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]

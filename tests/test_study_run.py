@@ -345,7 +345,7 @@ def test_shipped_study_hashes_are_pinned() -> None:
         "ultimate": "da4f452b74b6",
         "skip_connections": "c260a14a40df",  # new in issue 20; the journal's six are unchanged
     }
-    from fashion_cnn.experiment import ConfigResolver
+    from fashion_cnn.lightning_cli import ConfigResolver
 
     resolver = ConfigResolver()
     hashes = {p.stem: plan_study(load_study(p), resolver=resolver).study_hash for p in STUDIES}

@@ -22,7 +22,7 @@ from servers import free_port, postgres
 
 from fashion_cnn.cli import build_parser, main
 from fashion_cnn.configs import packaged_root
-from fashion_cnn.experiment import ConfigResolver
+from fashion_cnn.lightning_cli import ConfigResolver
 from fashion_cnn.sweep import VALIDATION_METRICS, build_spec, parse_space
 from fashion_cnn.sweep.search import make_sampler
 from fashion_cnn.sweep.spec import SweepOptions, settings_of

@@ -159,7 +159,7 @@ def run_in_process(args: Sequence[str], callbacks: Sequence[Any] = ()) -> RunRes
         Pruned: A pruning callback stopped the run.
         Interrupted: Ctrl+C or SIGTERM; the run is marked KILLED.
     """
-    from fashion_cnn.experiment import run_cli
+    from fashion_cnn.lightning_cli import run_cli
     from fashion_cnn.tracking import mlflow_logger
 
     cli = run_cli(args, callbacks=callbacks)
@@ -200,7 +200,7 @@ def run_experiment(
         ValueError: A value the model or data rejected.
         Interrupted: Ctrl+C or SIGTERM; the run is marked KILLED.
     """
-    from fashion_cnn.experiment import TRAINER_SUBCOMMANDS
+    from fashion_cnn.lightning_cli import TRAINER_SUBCOMMANDS
 
     if subcommand not in TRAINER_SUBCOMMANDS:
         raise ValueError(f"subcommand={subcommand!r}: use one of {', '.join(TRAINER_SUBCOMMANDS)}")

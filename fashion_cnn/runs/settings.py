@@ -1,7 +1,7 @@
 """A run's config as plain data: dotted overrides, CLI arguments, and the hash of what it computes.
 
 Studies and sweeps both resolve configs through the CLI's parser
-(:class:`~fashion_cnn.experiment.ConfigResolver`) and then work on the result as plain nested
+(:class:`~fashion_cnn.lightning_cli.ConfigResolver`) and then work on the result as plain nested
 dicts; these helpers are the shared vocabulary for that.
 """
 

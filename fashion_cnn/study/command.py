@@ -63,7 +63,7 @@ def study(
     """
     given = {k: v for k, v in locals().items() if k not in ("studies", "run")}
     from fashion_cnn.errors import ConfigError, StudyError
-    from fashion_cnn.experiment import ConfigResolver
+    from fashion_cnn.lightning_cli import ConfigResolver
     from fashion_cnn.runs.progress import ConsoleProgress
     from fashion_cnn.runs.settings import as_args, command_line, defaults_of
     from fashion_cnn.study.plan import run_overrides

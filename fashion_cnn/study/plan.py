@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from fashion_cnn.errors import ConfigError, StudyError
-from fashion_cnn.experiment import ConfigResolver
 from fashion_cnn.legacy import translate_key
+from fashion_cnn.lightning_cli import ConfigResolver
 from fashion_cnn.runs.settings import as_args, digest, hashable, plain
 from fashion_cnn.study.spec import RESERVED, Study, Variant
 from fashion_cnn.tracking import resolve_tracking_uri

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fashion_cnn.errors import ExecutorError, Interrupted, RunFailed, StudyError, UserError, sigterm_raises
-from fashion_cnn.experiment import ConfigResolver
+from fashion_cnn.lightning_cli import ConfigResolver
 from fashion_cnn.runs import records
 from fashion_cnn.runs.executors import Executor, SerialExecutor, describe
 from fashion_cnn.runs.launch import RunOutcome, RunSpec

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from fashion_cnn.configs import resolve_config
 from fashion_cnn.errors import ConfigError, SweepError
-from fashion_cnn.experiment import ConfigResolver
+from fashion_cnn.lightning_cli import ConfigResolver
 from fashion_cnn.runs.settings import as_args, digest, flatten, hashable, plain
 from fashion_cnn.sweep.pruning import PrunerName, PrunerSettings
 from fashion_cnn.sweep.space import SearchSpace, SpaceParam, parse_space
