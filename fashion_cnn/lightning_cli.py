@@ -325,12 +325,11 @@ class FashionCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
-        hp = self.model.hparams
-        if self.model.example_input_array is None and {"in_channels", "image_size"} <= set(hp):
+        shape = self.model.hparams.get("input_shape")  # (C, H, W), linked from the data
+        if self.model.example_input_array is None and shape:
             # Lightning's model summary counts FLOPs by running this input; without one its FLOPs
             # column is 0 for every layer. One uint8 image: the forward FLOPs per image.
-            size = (1, hp["in_channels"], hp["image_size"], hp["image_size"])
-            self.model.example_input_array = torch.zeros(size, dtype=torch.uint8)
+            self.model.example_input_array = torch.zeros((1, *shape), dtype=torch.uint8)
         logger = mlflow_logger(self.trainer)
         if logger is not None and logger.resumes:
             logger.reopen()

@@ -345,6 +345,24 @@ def test_a_pruned_trial_stops_within_an_epoch_and_is_marked_and_counted(
     assert "1 complete, 1 pruned, 0 failed" in capsys.readouterr().err
 
 
+@pytest.mark.integration
+def test_pruning_stops_a_trial_on_ray_too(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """The pruning callback travels to the Ray worker with its trial and reports through the
+    storage: a trial no epoch can satisfy stops at the end of the first epoch it may be judged at."""
+    pytest.importorskip("ray")
+    trainer = {**yaml.safe_load(TINY_SWEEP)["trainer"], "max_epochs": 3}
+    path = _sweep_file(workdir, n_trials=1, trainer=trainer)
+    args = ["--pruner", "threshold", "--prune_threshold", "1.01", "--prune_from_epoch", "2"]
+    assert main(["sweep", "--config", str(path), *args, "--executor", "ray", "--workers", "1"]) == 0
+    (trial,) = _study(workdir / "sweeps" / "tiny").trials
+    assert trial.state.name == "PRUNED" and sorted(trial.intermediate_values) == [1, 2]
+    assert int(trial.user_attrs["worker"].rsplit(":", 1)[1]) != os.getpid()  # trained on a Ray worker
+    run = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["pruned_at_epoch"] == "2"
+    assert run.data.tags["executor"] == "ray"
+    assert "0 complete, 1 pruned, 0 failed" in capsys.readouterr().err
+
+
 @pytest.mark.realdata
 @pytest.mark.integration
 def test_two_workers_on_postgresql_lose_no_trial_and_run_none_twice(
