@@ -177,7 +177,12 @@ def test_a_killed_worker_is_retried_and_its_run_ends_failed(work: Path, head: st
 def test_a_run_that_fails_for_a_user_reason_is_not_retried(
     work: Path, head: str, capsys: pytest.CaptureFixture
 ) -> None:
-    nan = ["--model.optimizer=sgd", "--model.lr=1e12", "--model.norm=none", "--trainer.limit_train_batches=5"]
+    nan = [
+        "--model.optimizer=torch.optim.SGD",
+        "--model.lr=1e12",
+        "--model.norm=none",
+        "--trainer.limit_train_batches=5",
+    ]
     code = main(
         [
             "study",
