@@ -124,7 +124,7 @@ def ui(
     from mlflow.tracking import MlflowClient
 
     from fashion_cnn.tracking_uri import is_server
-    from fashion_cnn.ui import base_url, experiment_url, local_store, run_url, start_server
+    from fashion_cnn.ui import base_url, experiment_url, local_store, run_url, start_server, stop_server
 
     uri = local_store(tracking_uri)
     base = uri.rstrip("/") if is_server(uri) else base_url(host, port)
@@ -167,9 +167,7 @@ def ui(
     except (KeyboardInterrupt, Interrupted):
         sys.stderr.write("fashion-cnn ui: stopped\n")
     finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=30)
+        stop_server(server)
     return 0
 
 

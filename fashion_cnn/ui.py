@@ -8,6 +8,7 @@ helpers build those URLs, and the one line fit, study and sweep print to say how
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -122,8 +123,14 @@ def start_server(
     Raises:
         UserError: The server exited (the port is taken, say) or did not answer within ``timeout``.
     """
-    # The server's messages go to stderr: stdout carries only the URLs the caller prints.
-    process = subprocess.Popen(server_command(tracking_uri, host, port), cwd=cwd, stdout=sys.stderr)
+    # The server's messages go to stderr: stdout carries only the URLs the caller prints. It runs
+    # in a session of its own, so stop_server() ends it with every process it started. MLflow 3's
+    # job execution (GenAI jobs: seven huey worker processes of ~250 MB each, slow to start and to
+    # stop) is off: looking at runs needs none of it.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    process = subprocess.Popen(
+        server_command(tracking_uri, host, port), cwd=cwd, stdout=sys.stderr, env=env, start_new_session=True
+    )
     health = base_url(host, port) + "/health"
     deadline = time.monotonic() + timeout
     try:
@@ -141,7 +148,20 @@ def start_server(
                 time.sleep(0.5)
         raise UserError(f"the MLflow UI server did not answer at {health} within {timeout:.0f} s")
     except BaseException:  # not answering, Ctrl+C or SIGTERM while waiting: no server is left behind
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=30)
+        stop_server(process)
         raise
+
+
+def stop_server(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """End the server and every process it started (its session): SIGTERM, then SIGKILL after
+    ``grace`` seconds."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
