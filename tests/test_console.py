@@ -273,6 +273,12 @@ def _get(url: str) -> bytes:
 
 
 @pytest.mark.integration
+def _sigint_default() -> None:
+    """Ctrl+C as in a terminal: an ignored SIGINT is inherited across exec (an earlier test in this
+    process may leave it ignored), and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ui_serves_the_runs_over_http(tmp_path: Path) -> None:
     from fashion_cnn.tracking import prepare_store
 
@@ -292,6 +298,7 @@ def test_ui_serves_the_runs_over_http(tmp_path: Path) -> None:
         # fills up and blocks them both (a 60 s hang in CI).
         stderr=(tmp_path / "ui.err").open("w"),
         text=True,
+        preexec_fn=_sigint_default,
     )
     try:
         line = ui.stdout.readline()  # printed once the server answers
@@ -353,6 +360,7 @@ def test_ui_stopped_while_starting_leaves_no_server(tmp_path: Path) -> None:
         # fills up and blocks them both (a 60 s hang in CI).
         stderr=(tmp_path / "ui.err").open("w"),
         text=True,
+        preexec_fn=_sigint_default,
     )
     server_command = f"--backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}"
 
