@@ -68,7 +68,8 @@ class RunOutcome:
         key: The run's :attr:`RunSpec.key`.
         state: ``finished``, ``pruned`` (a pruner stopped it) or ``failed`` (a user error).
         run_id: Its MLflow run (None when it failed before one was made).
-        metrics: The trainer's final metrics (``val/acc``, ``test/loss``, ...).
+        metrics: The run's final metrics (``val/acc``, ``test/loss``, ...): the last value MLflow
+            holds of each, and the trainer's own where no logger recorded them.
         best: The best value of the checkpoint's monitored metric over the epochs, if any.
         best_checkpoint: The best checkpoint's path, if one was written.
         wall_s: Seconds from the call to the return, start-up included.

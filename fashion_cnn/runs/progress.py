@@ -211,19 +211,6 @@ class ConsoleProgress(Progress):
         self.bar = tqdm(total=self.total, file=self.file, unit="run", dynamic_ncols=True, desc=self.name)
         self._refresh()
 
-    def finished(
-        self,
-        key: tuple[str, str],
-        label: str,
-        seconds: float,
-        metrics: str,
-        kept: float = 0.0,
-        state: str = "done",
-    ) -> None:
-        super().finished(key, label, seconds, metrics, kept, state)
-        if self.bar is not None:
-            self.bar.update(1)
-
     def end(self) -> None:
         if self.bar is not None:
             self._refresh()
@@ -232,4 +219,5 @@ class ConsoleProgress(Progress):
 
     def _refresh(self) -> None:
         if self.bar is not None:
+            self.bar.n = self.ended  # runs that ended, however they ended
             self.bar.set_postfix_str(self.status(), refresh=True)

@@ -119,7 +119,7 @@ def run_sweep(
                 f"{spec.tracking_uri}; report, logs and checkpoints in {spec.output}"
             )
             before = len(study.trials)
-            _train(spec, storage, study, client, outcome.parent_run_id, executor, progress)
+            _train(spec, storage, study, client, experiment_id, outcome.parent_run_id, executor, progress)
             outcome.trials_run = len(study.get_trials(deepcopy=False)) - before
     if outcome.parent_run_id is None:
         progress.note("no trials yet; nothing to report")
@@ -191,6 +191,7 @@ def _train(
     storage: Any,
     study: Any,
     client: Any,
+    experiment_id: str,
     parent_id: str,
     executor: Executor,
     progress: Progress,
@@ -198,7 +199,7 @@ def _train(
     o = spec.options
     sampler = search.make_sampler(o.sampler, o.seed, o.startup_trials, existing=len(study.trials))
     asking = search.load_with_sampler(o.name, storage, sampler, spec.pruner)
-    trials = Trials(spec, asking, client, parent_id, executor.threads, executor.name, progress)
+    trials = Trials(spec, asking, client, experiment_id, parent_id, executor.threads, executor.name, progress)
     todo = None if o.n_trials is None else o.n_trials - search.counted(study)
     status = "FAILED"
     executor.prepare(spec.tracking_uri, shared_paths=[spec.storage])

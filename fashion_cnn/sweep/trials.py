@@ -63,6 +63,7 @@ class Trials:
         spec: The checked sweep.
         study: The Optuna study, loaded with the driver's sampler and the sweep's pruner.
         client: The MLflow client of the sweep's store.
+        experiment_id: The sweep's MLflow experiment.
         parent_id: The sweep's parent run.
         threads: torch threads per trial (the executor's).
         executor: The executor's name, tagged on each run.
@@ -74,6 +75,7 @@ class Trials:
         spec: SweepSpec,
         study: Any,
         client: Any,
+        experiment_id: str,
         parent_id: str,
         threads: int | None,
         executor: str,
@@ -81,7 +83,7 @@ class Trials:
     ) -> None:
         self.spec, self.study, self.client, self.parent_id = spec, study, client, parent_id
         self.threads, self.executor, self.progress = threads, executor, progress
-        self.experiment_id = client.get_run(parent_id).info.experiment_id
+        self.experiment_id = experiment_id
         self.deadline = time.time() + spec.options.timeout if spec.options.timeout else None
         self.running: dict[tuple[Any, ...], Any] = {}  # run key -> the live optuna Trial
         self.failures: list[int] = []  # trial numbers of the failures in a row
