@@ -11,8 +11,11 @@ the same, so finished runs are found).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from fashion_cnn.components import import_class
 
@@ -236,3 +239,58 @@ def check_flat(hp: Mapping[str, Any]) -> None:
 
 
 FLAT_KEYS = frozenset((*NET_KEYS, *LINKED_NET_KEYS, *OLD_DEFAULTS))
+# The old flat keys with no alias (the optimiser's and scheduler's), as the options that replace them.
+_REPLACED = {
+    "lr_scheduler": "--model.scheduler=torch.optim.lr_scheduler.CosineAnnealingLR (a class path, or null)",
+    "momentum": "--model.optimizer=torch.optim.SGD --model.optimizer.momentum=0.9",
+    "plateau_factor": "--model.scheduler.factor=0.1 (ReduceLROnPlateau, the default scheduler)",
+    "plateau_patience": "--model.scheduler.patience=10 (ReduceLROnPlateau, the default scheduler)",
+}
+
+
+def diagnose(args: Sequence[str], config_files: Iterable[str | Path]) -> str | None:
+    """A one-line message for settings written in the old flat form that have no alias: a config
+    file whose ``model:`` is flat (the message gives its new form to paste), or a command-line
+    optimiser or scheduler by its old short name. None when there is none."""
+    for path in config_files:
+        try:
+            tree = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        model = tree.get("model") if isinstance(tree, Mapping) else None
+        old = _flat_keys(model) if isinstance(model, Mapping) else []
+        if old and isinstance(model, Mapping):
+            new = to_parts(model)
+            if not set(old) & set(NET_KEYS):
+                new.pop("net")
+            if not set(old) & {"optimizer", "lr", "weight_decay", "momentum"}:
+                new.pop("optimizer")
+            if not set(old) & {"lr_scheduler", "plateau_factor", "plateau_patience"}:
+                new.pop("scheduler")
+            text = yaml.safe_dump(new, default_flow_style=True, width=10**6, sort_keys=False).strip()
+            return (
+                f"{path}: its model: section uses the old flat keys ({', '.join(old)}); the network, "
+                f"optimiser and scheduler now go by class path. Replace the section with: model: {text}"
+            )
+    args = list(args)
+    for i, arg in enumerate(args):
+        key, eq, value = arg.removeprefix("--").partition("=")
+        name = key.removeprefix("model.")
+        if not arg.startswith("--model.") or name not in (*_REPLACED, "optimizer"):
+            continue
+        if not eq and i + 1 < len(args):
+            value = args[i + 1]
+        if name == "optimizer":
+            if value not in OPTIMIZERS:
+                continue  # a class path: the parser's to judge
+            return f"--{key}={value} is the old short name; give the class path: --{key}={OPTIMIZERS[value]}"
+        return f"--{key} is the old flat option; now: {_REPLACED[name]}"
+    return None
+
+
+def _flat_keys(model: Mapping[str, Any]) -> list[str]:
+    """The keys of a ``model:`` section that only the old flat form has."""
+    old = [k for k in model if k in FLAT_KEYS and k != "optimizer"]
+    if isinstance(model.get("optimizer"), str) and model["optimizer"] in OPTIMIZERS:
+        old.insert(0, "optimizer")
+    return old

@@ -38,7 +38,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from fashion_cnn import __version__
+from fashion_cnn import __version__, legacy
 from fashion_cnn.checkpoints import AtomicCheckpointIO, RunCheckpoint, read_checkpoint
 from fashion_cnn.components import LINKS, config_files, diagnose
 from fashion_cnn.configs import ConfigFileAction
@@ -106,7 +106,8 @@ class ArgumentParser(LightningArgumentParser):
         # error, or the wrong kind of class, of a class path first (through error(), so the
         # console prints it as its one line).
         given = [str(a) for a in args] if args is not None else sys.argv[1:]
-        problem = diagnose(given, config_files(given))
+        files = config_files(given)
+        problem = legacy.diagnose(given, files) or diagnose(given, files)
         if problem is not None:
             self.error(problem)
         # The old flat keys (--model.dropout, --model.lr) name the journal network's and the

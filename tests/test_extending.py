@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_cnn import FashionCNN
+from fashion_cnn import FashionCNN, legacy
 from fashion_cnn.components import check_datamodule, diagnose
 from fashion_cnn.errors import ConfigError
 from fashion_cnn.legacy import to_flat, to_parts
@@ -69,6 +69,48 @@ def test_bad_class_paths_are_named() -> None:
     assert diagnose(["fit", "--model.optimizer", "torch.optim.AdamW"]) is None
 
 
+OLD_FLAT_CONFIG = """
+model:
+  layers: 4
+  filters: 32
+  norm: batch
+  dropout: 0.2
+  optimizer: sgd
+  lr: 0.05
+  momentum: 0.9
+trainer:
+  max_epochs: 1
+"""
+
+
+def test_an_old_flat_config_file_is_named_with_its_new_form(tmp_path: Path) -> None:
+    import yaml
+
+    path = tmp_path / "old.yaml"
+    path.write_text(OLD_FLAT_CONFIG)
+    message = legacy.diagnose(["fit", "--config", str(path)], [str(path)])
+    assert message is not None and message.startswith(f"{path}: its model: section uses the old flat keys")
+    assert "(optimizer, layers, filters, norm, dropout, lr, momentum)" in message
+    # The form the message gives, pasted into a config, builds the model the old one described.
+    new = yaml.safe_load(message.split("Replace the section with: ", 1)[1])["model"]
+    assert set(new) == {"net", "optimizer"}  # no scheduler key: the file left it at the default
+    old = yaml.safe_load(OLD_FLAT_CONFIG)["model"]
+    built, expected = FashionCNN(**new), FashionCNN(**to_parts(old))
+    assert built.num_params == expected.num_params and built.hparams["net"] == expected.hparams["net"]
+    assert isinstance(built.configure_optimizers()["optimizer"], torch.optim.SGD)
+    # A config in the new form, or none, is not the old one.
+    assert legacy.diagnose(["fit"], [str(Path(__file__).parents[1] / "configs" / "baseline.yaml")]) is None
+
+
+def test_old_flat_optimiser_options_name_their_replacement() -> None:
+    assert legacy.diagnose(["fit", "--model.optimizer", "sgd"], []) == (
+        "--model.optimizer=sgd is the old short name; give the class path: --model.optimizer=torch.optim.SGD"
+    )
+    message = legacy.diagnose(["fit", "--model.lr_scheduler=cosine"], [])
+    assert message is not None and "--model.scheduler=torch.optim.lr_scheduler.CosineAnnealingLR" in message
+    assert legacy.diagnose(["fit", "--model.optimizer=torch.optim.SGD", "--model.dropout=0.1"], []) is None
+
+
 def test_a_datamodule_missing_a_protocol_attribute_is_named() -> None:
     class Half:
         num_classes = 10
@@ -115,6 +157,11 @@ def test_the_guides_network_trains_through_the_cli_and_bad_input_is_one_line(tmp
         "fashion-cnn: error: data half_data.HalfData has no 'input_mean': a DataModule gives num_classes, "
         "input_shape, input_mean, input_std, class_names (fashion_cnn.data.DataProtocol; docs/extending.md)"
     ], half.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+    (tmp_path / "old.yaml").write_text(OLD_FLAT_CONFIG)
+    flat = run("--config", str(tmp_path / "old.yaml"))
+    errors = [line for line in flat.stderr.splitlines() if line.startswith("fashion-cnn: error:")]
+    assert flat.returncode == 2 and len(errors) == 1 and "Replace the section with: model: {net:" in errors[0]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
     good = run(
         "--model.net", "my_nets.TinyResNet", "--model.net.width", "4", "--model.optimizer", "torch.optim.SGD"
