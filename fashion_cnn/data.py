@@ -31,6 +31,7 @@ __all__ = [
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
     "FashionMNISTDataModule",
+    "InMemoryDataModule",
     "UInt8Dataset",
     "augment_batch",
     "default_data_dir",
@@ -298,7 +299,121 @@ class DataProtocol(Protocol):
     class_names: Sequence[str]
 
 
-class FashionMNISTDataModule(L.LightningDataModule):
+class InMemoryDataModule(L.LightningDataModule):
+    """What both shipped DataModules share: uint8 images held in memory (on the accelerator once
+    setup runs), a seeded train/val split indexing one image tensor, the loaders, and augmentation
+    on the device. A subclass sets ``mean``/``std`` and calls :meth:`_hold_train` and
+    :meth:`_hold_test` from its ``setup``; its hyperparameters include ``normalize``,
+    ``split_seed`` and the three ``augment_*`` settings."""
+
+    def __init__(self, batch_size: int, eval_batch_size: int | None) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or max(batch_size, 256)
+        self.predict_names: list[str] = []
+        self.train_set: UInt8Dataset | None = None
+        self.val_set: UInt8Dataset | None = None
+        self.test_set: UInt8Dataset | None = None
+        self.predict_set: UInt8Dataset | None = None
+        # Indices of the train/val images among all training images (in file order).
+        self.train_indices: torch.Tensor | None = None
+        self.val_indices: torch.Tensor | None = None
+        self._train_sampler: EpochRandomSampler | None = None
+
+    @property
+    def _hp(self) -> Any:
+        """``self.hparams`` for attribute access (Lightning types it as a plain mapping)."""
+        return self.hparams
+
+    @property
+    def mean(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def std(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def input_mean(self) -> float:
+        """Pixel mean on the [0, 1] scale the model subtracts (0 when ``normalize`` is off)."""
+        return self.mean if self._hp.normalize else 0.0
+
+    @property
+    def input_std(self) -> float:
+        """Pixel standard deviation the model divides by (1 when ``normalize`` is off)."""
+        return self.std if self._hp.normalize else 1.0
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            raise RuntimeError("call setup('fit') before train_dataloader()")
+        return uint8_loader(self.train_set, self.batch_size, self._hp.split_seed, self._train_sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            raise RuntimeError("call setup('fit') or setup('validate') before val_dataloader()")
+        return uint8_loader(self.val_set, self.eval_batch_size, self._hp.split_seed)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            raise RuntimeError("call setup('test') before test_dataloader()")
+        return uint8_loader(self.test_set, self.eval_batch_size, self._hp.split_seed)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of (uint8 images, int64 indices into :attr:`predict_names`)."""
+        if self.predict_set is None:
+            raise RuntimeError("call setup('predict') before predict_dataloader()")
+        return uint8_loader(self.predict_set, self.eval_batch_size, self._hp.split_seed)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment uint8 training batches on the device; other batches pass through unchanged.
+
+        A bare tensor is no batch but the model summary's example input (its FLOPs count), which
+        Lightning also passes through this hook."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training or isinstance(batch, torch.Tensor):
+            return batch
+        images, targets = batch
+        hp = self._hp
+        return augment_batch(images, hp.augment_flip, hp.augment_crop_padding, hp.augment_cutout), targets
+
+    def _hold_train(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> None:
+        """The train and val datasets over ``images`` (N, C, H, W) uint8 by the split indices."""
+        assert self.train_indices is not None and self.val_indices is not None
+        images, labels = images.to(device), labels.to(device, torch.long)
+        # Both splits index the one image tensor: no copies.
+        self.train_set = UInt8Dataset(images, labels, self.train_indices.to(device))
+        self.val_set = UInt8Dataset(images, labels, self.val_indices.to(device))
+        # One sampler for the datamodule's life: a new order each epoch, and each epoch's order a
+        # function of (split_seed, epoch) alone, so a resumed run sees the same data.
+        self._train_sampler = EpochRandomSampler(self.train_set, self._hp.split_seed)
+
+    def _hold_test(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        names: Sequence[str],
+        device: torch.device,
+        stage: str | None,
+    ) -> None:
+        """The test dataset, and the predict dataset over the test images unless predict_dir is set."""
+        images = images.to(device)
+        if stage in (None, "test"):
+            self.test_set = UInt8Dataset(images, labels.to(device, torch.long))
+        if stage in (None, "predict") and self._hp.predict_dir is None:
+            self.predict_set = UInt8Dataset(images, torch.arange(len(images), device=device))
+            self.predict_names = list(names)
+
+    def _trainer_fn(self) -> str | None:
+        trainer = self.trainer
+        fn = None if trainer is None else trainer.state.fn
+        return None if fn is None else str(fn.value)
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return torch.device("cpu") if trainer is None else trainer.strategy.root_device
+
+
+class FashionMNISTDataModule(InMemoryDataModule):
     """Fashion-MNIST: 60,000 training images (a seeded validation split drawn from them) and the
     official 10,000 test images, 28x28 grayscale, 10 classes.
 
@@ -341,7 +456,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         predict_dir: str | None = None,
         eval_batch_size: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size)
         _check_arguments(
             data_dir=data_dir,
             source_dir=source_dir,
@@ -358,26 +473,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         )
         self.save_hyperparameters()
         self.data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or max(batch_size, 256)
-        self.mean = FASHION_MNIST_MEAN
-        self.std = FASHION_MNIST_STD
-        self.predict_names: list[str] = []
-
-        self.train_set: UInt8Dataset | None = None
-        self.val_set: UInt8Dataset | None = None
-        self.test_set: UInt8Dataset | None = None
-        self.predict_set: UInt8Dataset | None = None
-        # Indices of the train/val images among the 60,000 official training images.
-        self.train_indices: torch.Tensor | None = None
-        self.val_indices: torch.Tensor | None = None
         self._tensors: dict[str, torch.Tensor] | None = None
-        self._train_sampler: EpochRandomSampler | None = None
-
-    @property
-    def _hp(self) -> Any:
-        """``self.hparams`` for attribute access (Lightning types it as a plain mapping)."""
-        return self.hparams
 
     @property
     def num_classes(self) -> int:
@@ -392,14 +488,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return (1, 28, 28)
 
     @property
-    def input_mean(self) -> float:
-        """Pixel mean on the [0, 1] scale the model subtracts (0 when ``normalize`` is off)."""
-        return self.mean if self._hp.normalize else 0.0
+    def mean(self) -> float:
+        return FASHION_MNIST_MEAN
 
     @property
-    def input_std(self) -> float:
-        """Pixel standard deviation the model divides by (1 when ``normalize`` is off)."""
-        return self.std if self._hp.normalize else 1.0
+    def std(self) -> float:
+        return FASHION_MNIST_STD
 
     # ---- data hooks, in the order Lightning calls them
 
@@ -439,54 +533,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
             self.train_indices, self.val_indices = split_indices(
                 n_train, self._hp.val_size, self._hp.split_seed
             )
-            images = tensors["train_images"].unsqueeze(1).to(device)  # (60000, 1, 28, 28)
-            labels = tensors["train_labels"].to(device, torch.long)
-            # Both splits index the one image tensor: no copies.
-            self.train_set = UInt8Dataset(images, labels, self.train_indices.to(device))
-            self.val_set = UInt8Dataset(images, labels, self.val_indices.to(device))
-            # One sampler for the datamodule's life: a new order each epoch, and each epoch's
-            # order a function of (split_seed, epoch) alone, so a resumed run sees the same data.
-            self._train_sampler = EpochRandomSampler(self.train_set, self._hp.split_seed)
+            images = tensors["train_images"].unsqueeze(1)  # (60000, 1, 28, 28)
+            self._hold_train(images, tensors["train_labels"], device)
         if stage in (None, "test", "predict"):
-            images = tensors["test_images"].unsqueeze(1).to(device)  # (10000, 1, 28, 28)
-            if stage in (None, "test"):
-                self.test_set = UInt8Dataset(images, tensors["test_labels"].to(device, torch.long))
-            if stage in (None, "predict") and self._hp.predict_dir is None:
-                self.predict_set = UInt8Dataset(images, torch.arange(len(images), device=device))
-                self.predict_names = [f"test/{i}" for i in range(len(images))]
-
-    def train_dataloader(self) -> DataLoader:
-        if self.train_set is None:
-            raise RuntimeError("call setup('fit') before train_dataloader()")
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        if self.val_set is None:
-            raise RuntimeError("call setup('fit') or setup('validate') before val_dataloader()")
-        return self._loader(self.val_set, self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        if self.test_set is None:
-            raise RuntimeError("call setup('test') before test_dataloader()")
-        return self._loader(self.test_set, self.eval_batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        """Batches of (uint8 images, int64 indices into :attr:`predict_names`)."""
-        if self.predict_set is None:
-            raise RuntimeError("call setup('predict') before predict_dataloader()")
-        return self._loader(self.predict_set, self.eval_batch_size)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Augment uint8 training batches on the device; other batches pass through unchanged.
-
-        A bare tensor is no batch but the model summary's example input (its FLOPs count), which
-        Lightning also passes through this hook."""
-        trainer = self.trainer
-        if trainer is None or not trainer.training or isinstance(batch, torch.Tensor):
-            return batch
-        images, targets = batch
-        hp = self._hp
-        return augment_batch(images, hp.augment_flip, hp.augment_crop_padding, hp.augment_cutout), targets
+            images = tensors["test_images"].unsqueeze(1)  # (10000, 1, 28, 28)
+            names = [f"test/{i}" for i in range(len(images))]
+            self._hold_test(images, tensors["test_labels"], names, device, stage)
 
     # ---- helpers
 
@@ -494,21 +546,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
         source = self._hp.source_dir
         sources = [Path(source).expanduser()] if source else [_idx.DEBIAN_DIR]
         return _idx.load_verified(self.data_dir, sources, self._hp.download)
-
-    def _trainer_fn(self) -> str | None:
-        trainer = self.trainer
-        fn = None if trainer is None else trainer.state.fn
-        return None if fn is None else str(fn.value)
-
-    def _device(self) -> torch.device:
-        trainer = self.trainer
-        if trainer is None:
-            return torch.device("cpu")
-        return trainer.strategy.root_device
-
-    def _loader(self, dataset: UInt8Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
-        sampler = self._train_sampler if shuffle else None
-        return uint8_loader(dataset, batch_size, self._hp.split_seed, sampler)
 
 
 def _check_arguments(**args: Any) -> None:

@@ -19,23 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from torchvision.datasets.folder import make_dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as tvf
 
 from fashion_cnn import _folder_cache
-from fashion_cnn.data import (
-    EpochRandomSampler,
-    UInt8Dataset,
-    augment_batch,
-    default_data_dir,
-    split_indices,
-    uint8_loader,
-)
+from fashion_cnn.data import InMemoryDataModule, UInt8Dataset, default_data_dir, split_indices
 from fashion_cnn.errors import ConfigError, ImageFolderError
 from fashion_cnn.images import IMAGE_SUFFIXES, MAX_FILE_BYTES, list_images
 
@@ -151,7 +142,7 @@ def decode_images(
     return out, sizes
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(InMemoryDataModule):
     """Labelled images in class folders, held in memory as uint8 tensors like Fashion-MNIST.
 
     Layout (class names are the folder names; images may sit in subfolders of a class folder)::
@@ -204,7 +195,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         cache: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size)
         _check_arguments(
             channels=channels,
             image_size=image_size,
@@ -221,27 +212,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         )
         self.root = _check_root(root)
         self.save_hyperparameters()
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or max(batch_size, 256)
-        self.predict_names: list[str] = []
-
-        self.train_set: UInt8Dataset | None = None
-        self.val_set: UInt8Dataset | None = None
-        self.test_set: UInt8Dataset | None = None
-        self.predict_set: UInt8Dataset | None = None
-        # Indices of the train/val images among all images in train/ (in file order).
-        self.train_indices: torch.Tensor | None = None
-        self.val_indices: torch.Tensor | None = None
         self._classes: list[str] | None = None
         self._train: _Split | None = None
         self._test: _Split | None = None
         self._stats: tuple[float, float] | None = None
-        self._train_sampler: EpochRandomSampler | None = None
-
-    @property
-    def _hp(self) -> Any:
-        """``self.hparams`` for attribute access (Lightning types it as a plain mapping)."""
-        return self.hparams
 
     # ---- the data protocol the training system links from
 
@@ -272,16 +246,6 @@ class ImageFolderDataModule(L.LightningDataModule):
         """Pixel standard deviation of the training split (all channels together), [0, 1] scale."""
         return self._pixel_stats()[1]
 
-    @property
-    def input_mean(self) -> float:
-        """Pixel mean the model subtracts (0 when ``normalize`` is off). Decodes train/ if needed."""
-        return self.mean if self._hp.normalize else 0.0
-
-    @property
-    def input_std(self) -> float:
-        """Pixel standard deviation the model divides by (1 when ``normalize`` is off)."""
-        return self.std if self._hp.normalize else 1.0
-
     # ---- data hooks, in the order Lightning calls them
 
     def prepare_data(self) -> None:
@@ -309,51 +273,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate"):
             train = self._train_split()
             self._split_train()
-            assert self.train_indices is not None and self.val_indices is not None
-            images = train.images.to(device)
-            labels = train.labels.to(device)
-            # Both splits index the one image tensor: no copies.
-            self.train_set = UInt8Dataset(images, labels, self.train_indices.to(device))
-            self.val_set = UInt8Dataset(images, labels, self.val_indices.to(device))
-            self._train_sampler = EpochRandomSampler(self.train_set, self._hp.split_seed)
+            self._hold_train(train.images, train.labels, device)
         if stage in (None, "test") or (stage == "predict" and self._hp.predict_dir is None):
             test = self._test_split()
-            images = test.images.to(device)
-            if stage in (None, "test"):
-                self.test_set = UInt8Dataset(images, test.labels.to(device))
-            if stage in (None, "predict") and self._hp.predict_dir is None:
-                self.predict_set = UInt8Dataset(images, torch.arange(len(images), device=device))
-                self.predict_names = list(test.names)
-
-    def train_dataloader(self) -> DataLoader:
-        if self.train_set is None:
-            raise RuntimeError("call setup('fit') before train_dataloader()")
-        return uint8_loader(self.train_set, self.batch_size, self._hp.split_seed, self._train_sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        if self.val_set is None:
-            raise RuntimeError("call setup('fit') or setup('validate') before val_dataloader()")
-        return uint8_loader(self.val_set, self.eval_batch_size, self._hp.split_seed)
-
-    def test_dataloader(self) -> DataLoader:
-        if self.test_set is None:
-            raise RuntimeError("call setup('test') before test_dataloader()")
-        return uint8_loader(self.test_set, self.eval_batch_size, self._hp.split_seed)
-
-    def predict_dataloader(self) -> DataLoader:
-        """Batches of (uint8 images, int64 indices into :attr:`predict_names`)."""
-        if self.predict_set is None:
-            raise RuntimeError("call setup('predict') before predict_dataloader()")
-        return uint8_loader(self.predict_set, self.eval_batch_size, self._hp.split_seed)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Augment uint8 training batches on the device; other batches pass through unchanged."""
-        trainer = self.trainer
-        if trainer is None or not trainer.training:
-            return batch
-        images, targets = batch
-        hp = self._hp
-        return augment_batch(images, hp.augment_flip, hp.augment_crop_padding, hp.augment_cutout), targets
+            self._hold_test(test.images, test.labels, test.names, device, stage)
 
     # ---- helpers
 
@@ -477,15 +400,6 @@ class ImageFolderDataModule(L.LightningDataModule):
                 )
             self._stats = (float(mean), float(var.sqrt()))
         return self._stats
-
-    def _trainer_fn(self) -> str | None:
-        trainer = self.trainer
-        fn = None if trainer is None else trainer.state.fn
-        return None if fn is None else str(fn.value)
-
-    def _device(self) -> torch.device:
-        trainer = self.trainer
-        return torch.device("cpu") if trainer is None else trainer.strategy.root_device
 
 
 def _check_root(root: Any) -> Path:
