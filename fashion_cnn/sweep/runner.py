@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import socket
@@ -56,7 +57,7 @@ from fashion_cnn.runs.launch import RunOutcome, RunSpec
 from fashion_cnn.runs.progress import Progress
 from fashion_cnn.runs.settings import set_dotted
 from fashion_cnn.sweep import search
-from fashion_cnn.sweep.pruning import OptunaPruning
+from fashion_cnn.sweep.pruning import OptunaPruning, make_pruner
 from fashion_cnn.sweep.search import ATTR_CHECKPOINT, ATTR_DRIVER, ATTR_REASON, ATTR_RUN, ATTR_WORKER
 from fashion_cnn.sweep.spec import SweepSpec
 from fashion_cnn.sweep.storage import is_database, open_storage, shown
@@ -147,7 +148,10 @@ def run_sweep(
             )
             before = len(study.trials)
             sampler = search.make_sampler(o.sampler, o.seed, o.startup_trials, existing=before)
-            asking = search.load_with_sampler(o.name, storage, sampler, spec.pruner)
+            # The study as this driver asks it for trials: with its sampler and the sweep's pruner.
+            asking = optuna.load_study(
+                study_name=o.name, storage=storage, sampler=sampler, pruner=make_pruner(spec.pruner)
+            )
             trials = Trials(spec, asking, client, experiment_id, outcome.parent_run_id, executor, progress)
             _train(trials, todo)
             outcome.trials_run = len(study.get_trials(deepcopy=False)) - before
@@ -317,7 +321,9 @@ class Trials:
         config["output_dir"] = str(spec.output / "runs")
         config["test_after_fit"] = False
         config["checkpoint"] = {**config["checkpoint"], "save_last": False}  # trials are never resumed
-        pruning = OptunaPruning(spec.storage, o.name, trial.number, o.objective, spec.pruner.as_dict())
+        pruning = OptunaPruning(
+            spec.storage, o.name, trial.number, o.objective, dataclasses.asdict(spec.pruner)
+        )
         return RunSpec(
             key,
             f"trial {trial.number}",

@@ -165,7 +165,7 @@ def build_spec(
     _check_runs(resolved, trainer, pruner_settings)
     pruner_settings = dataclasses.replace(pruner_settings, max_epochs=int(trainer["max_epochs"]))
     for p in checked.params:
-        _check_key(resolver, base_path, args, resolved, checked, p)
+        _check_key(resolver, base_path, args, list(flatten(resolved)), p)
     queued = tuple(checked.check_values(dict(e), f"enqueue[{i}]") for i, e in enumerate(o.enqueue or ()))
     output = Path(o.output_dir or Path("sweeps") / o.name).absolute()
     logger_args = (trainer.get("logger") or {}).get("init_args") or {}
@@ -271,17 +271,11 @@ def _check_runs(resolved: Mapping[str, Any], trainer: Mapping[str, Any], pruner:
 
 
 def _check_key(
-    resolver: ConfigResolver,
-    base: Path | None,
-    args: Sequence[str],
-    resolved: Mapping[str, Any],
-    space: SearchSpace,
-    p: SpaceParam,
+    resolver: ConfigResolver, base: Path | None, args: Sequence[str], known: list[str], p: SpaceParam
 ) -> None:
     """Resolve ``p`` at every representative value, with its conditions met; build the model there."""
     from fashion_cnn.system import FashionCNN
 
-    known = list(flatten(resolved))
     where = f"space: {p.key}"
     if p.key not in known:
         close = difflib.get_close_matches(p.key, known, n=1)
