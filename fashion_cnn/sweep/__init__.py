@@ -3,9 +3,8 @@
 ``fashion-cnn sweep --config configs/sweeps/architecture.yaml`` (:mod:`~fashion_cnn.sweep.command`)
 checks the sweep file (:mod:`~fashion_cnn.sweep.spec`, :mod:`~fashion_cnn.sweep.space`), opens the
 Optuna study in its storage (:mod:`~fashion_cnn.sweep.storage`, :mod:`~fashion_cnn.sweep.search`),
-trains trials as MLflow child runs of one parent (:mod:`~fashion_cnn.sweep.runner`,
-:mod:`~fashion_cnn.sweep.objective`) with pruning after every epoch
-(:mod:`~fashion_cnn.sweep.pruning`), and writes a report (:mod:`~fashion_cnn.sweep.report`).
+trains trials as MLflow child runs of one parent (:mod:`~fashion_cnn.sweep.runner`) with pruning
+after every epoch (:mod:`~fashion_cnn.sweep.pruning`), and writes a report (:mod:`~fashion_cnn.sweep.report`).
 """
 
 from __future__ import annotations

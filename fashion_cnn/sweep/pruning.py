@@ -17,16 +17,13 @@ optuna-integration is not a dependency of this package. The part that matters is
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from fashion_cnn.errors import Pruned, SweepError
-
-log = logging.getLogger(__name__)
 
 PrunerName = Literal["median", "hyperband", "threshold", "none"]
 
@@ -54,9 +51,6 @@ class PrunerSettings:
     threshold: float | None = None
     higher_is_better: bool = True
     max_epochs: int = 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def make_pruner(settings: PrunerSettings) -> Any:
@@ -126,9 +120,8 @@ class OptunaPruning(Callback):
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             raise SweepError(
-                f"the run did not log {self.monitor} at the end of validation, so the pruner cannot "
-                "judge it; "
-                "use a validation metric the model logs (val/acc, val/loss, val/acc_best)"
+                f"the run did not log {self.monitor} at the end of validation, so the pruner cannot judge "
+                "it; use a validation metric the model logs (val/acc, val/loss, val/acc_best)"
             )
         epoch = trainer.current_epoch + 1  # epochs trained so far, this one included
         self._trial.report(float(value), step=epoch)

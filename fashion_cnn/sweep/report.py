@@ -9,9 +9,10 @@ that evaluation's MLflow run (tag ``sweep_role: test``) and reuses it.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
+import math
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,19 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from fashion_cnn import figures
 from fashion_cnn.errors import RunFailed
 from fashion_cnn.runs.launch import RunSpec, launch
-from fashion_cnn.runs.progress import Progress
-from fashion_cnn.runs.settings import set_dotted
-from fashion_cnn.sweep.markdown import finite, report_markdown, seconds, wall
+from fashion_cnn.runs.progress import Progress, duration, now, shown_path
+from fashion_cnn.sweep.runner import TAG_ROLE, TAG_SWEEP, TAG_TRIAL, fit_config, logged_to
 from fashion_cnn.sweep.search import ATTR_CHECKPOINT, ATTR_REASON, ATTR_RUN
 from fashion_cnn.sweep.spec import SweepSpec
 from fashion_cnn.sweep.storage import shown
-from fashion_cnn.sweep.trials import TAG_ROLE, TAG_SWEEP, TAG_TRIAL
 
 log = logging.getLogger(__name__)
+
+FIGURES = {
+    "optimization_history.png": "Optimisation history",
+    "param_importances.png": "Parameter importances",
+    "parallel_coordinates.png": "Parallel coordinates",
+}
 
 
 def write_report(
@@ -73,7 +78,16 @@ def write_report(
     )
     report.write_text(text, encoding="utf-8")
     files += [data, report]
-    _log_on_parent(client, parent_id, spec, counts, best, test, files)
+    metrics = {f"trials/{k.lower()}": float(v) for k, v in counts.items()}
+    if best is not None:
+        metrics[f"best/{spec.options.objective}"] = float(best.value)
+        metrics.update({f"best/{k}": v for k, v in test.items()})
+        client.set_tag(parent_id, "best_trial", str(best.number))
+        client.set_tag(parent_id, "best_run_id", str(best.user_attrs.get(ATTR_RUN)))
+    for key, value in metrics.items():
+        client.log_metric(parent_id, key, value)
+    for path in files:
+        client.log_artifact(parent_id, str(path), "report")
     return report, summary
 
 
@@ -83,12 +97,7 @@ def write_report(
 
 def best_config(spec: SweepSpec, trial: Any) -> dict[str, Any]:
     """The best trial's full ``fit`` config without the sweep's plumbing (logger, names, pruning)."""
-    config = copy.deepcopy(spec.resolved)
-    config.pop("config", None)
-    for key, value in trial.params.items():
-        set_dotted(config, key, value)
-    config["run_name"] = f"{spec.options.name}-best"
-    return config
+    return fit_config(spec, trial.params, f"{spec.options.name}-best")
 
 
 def _best_config_text(spec: SweepSpec, trial: Any, command: str | None) -> str:
@@ -114,19 +123,22 @@ def evaluate_best(
     Raises:
         RunFailed: The test run failed for a user reason (named, with its log).
     """
-    from fashion_cnn.tracking import resolve_tracking_uri
-
-    done = _test_runs(client, parent_id, trial.number)
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    done = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{TAG_ROLE} = 'test' AND tags.{TAG_TRIAL} = '{trial.number}' "
+        f"AND tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' AND attributes.status = 'FINISHED'",
+        max_results=10,
+    )
+    done = [r for r in done if any(k.startswith("test/") for k in r.data.metrics)]
     if done:
         return _test_metrics(done[0].data.metrics), ""
     checkpoint = trial.user_attrs.get(ATTR_CHECKPOINT)
     if not checkpoint or not Path(checkpoint).is_file():
         return {}, (
             f"best trial {trial.number}: its checkpoint {checkpoint or '(none recorded)'} is not on this "
-            "machine; "
-            "the test evaluation is left out (run the report where the trial trained)"
+            "machine; the test evaluation is left out (run the report where the trial trained)"
         )
-    experiment_id = client.get_run(parent_id).info.experiment_id
     tags = {
         MLFLOW_PARENT_RUN_ID: parent_id,
         TAG_SWEEP: spec.options.name,
@@ -138,18 +150,11 @@ def evaluate_best(
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     config["output_dir"] = str(spec.output / "runs")
-    logger = config["trainer"]["logger"]
-    logger["init_args"] = {
-        **(logger.get("init_args") or {}),
-        "tracking_uri": resolve_tracking_uri(spec.tracking_uri),
-        "run_id": run.info.run_id,
-    }
-    config["trainer"]["enable_progress_bar"] = False
     log_file = spec.output / "logs" / f"test-trial-{trial.number:04d}.log"
     test = RunSpec(
         (spec.options.name, trial.number, "test"),
         name,
-        config,
+        logged_to(config, spec.tracking_uri, run.info.run_id),
         str(log_file),
         subcommand="test",
         args=("--ckpt_path", checkpoint),
@@ -158,17 +163,6 @@ def evaluate_best(
     if outcome.state != "finished":
         raise RunFailed(outcome.error)
     return _test_metrics(outcome.metrics), ""
-
-
-def _test_runs(client: Any, parent_id: str, number: int) -> list[Any]:
-    experiment_id = client.get_run(parent_id).info.experiment_id
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.{TAG_ROLE} = 'test' AND tags.{TAG_TRIAL} = '{number}' "
-        f"AND tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' AND attributes.status = 'FINISHED'",
-        max_results=10,
-    )
-    return [r for r in found if any(k.startswith("test/") for k in r.data.metrics)]
 
 
 def _test_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -185,19 +179,17 @@ def _figures(
     """Draw what the trials allow; returns the files written and notes on what was left out."""
     if not figures.matplotlib_available():
         return [], ["matplotlib is not installed: no figures"]
-    drawn, notes = [], []
+    objective, higher = spec.options.objective, spec.higher_is_better
     pruned = [(t.number, t.value) for t in trials if t.state.name == "PRUNED" and finite(t.value)]
-    fig = figures.plot_optimization_history(
-        spec.options.objective, spec.higher_is_better, [(t.number, t.value) for t in complete], pruned
-    )
-    figures.save_figure(fig, out / "optimization_history.png")
-    drawn.append("optimization_history.png")
+    drawn = {
+        "optimization_history.png": figures.plot_optimization_history(
+            objective, higher, [(t.number, t.value) for t in complete], pruned
+        )
+    }
+    notes = []
     importances = param_importances(study)
     if importances:
-        figures.save_figure(
-            figures.plot_param_importances(spec.options.objective, importances), out / "param_importances.png"
-        )
-        drawn.append("param_importances.png")
+        drawn["param_importances.png"] = figures.plot_param_importances(objective, importances)
     else:
         notes.append("parameter importances need two or more complete trials that differ")
     if complete:
@@ -210,12 +202,11 @@ def _figures(
             )
             for p in spec.space.params
         ]
-        fig = figures.plot_parallel_coordinates(
-            spec.options.objective, spec.higher_is_better, [t.value for t in complete], axes
-        )
-        figures.save_figure(fig, out / "parallel_coordinates.png")
-        drawn.append("parallel_coordinates.png")
-    return drawn, notes
+        values = [t.value for t in complete]
+        drawn["parallel_coordinates.png"] = figures.plot_parallel_coordinates(objective, higher, values, axes)
+    for name, fig in drawn.items():
+        figures.save_figure(fig, out / name)
+    return list(drawn), notes
 
 
 def param_importances(study: Any) -> dict[str, float]:
@@ -238,7 +229,7 @@ def param_importances(study: Any) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------
-# The summary, the Markdown, MLflow
+# trials.json and report.md
 
 
 def _summary(
@@ -271,25 +262,131 @@ def _summary(
     }
 
 
-def _log_on_parent(
-    client: Any,
-    parent_id: str,
+def report_markdown(
     spec: SweepSpec,
+    trials: Sequence[Any],
     counts: Mapping[str, int],
     best: Any,
     test: Mapping[str, float],
-    files: Sequence[Path],
-) -> None:
-    metrics = {f"trials/{k.lower()}": float(v) for k, v in counts.items()}
-    if best is not None:
-        metrics[f"best/{spec.options.objective}"] = float(best.value)
-        metrics.update({f"best/{k}": v for k, v in test.items()})
-        client.set_tag(parent_id, "best_trial", str(best.number))
-        client.set_tag(parent_id, "best_run_id", str(best.user_attrs.get(ATTR_RUN)))
-    for key, value in metrics.items():
-        client.log_metric(parent_id, key, value)
-    for path in files:
-        client.log_artifact(parent_id, str(path), "report")
+    test_note: str,
+    drawn: Sequence[str],
+    figure_notes: Sequence[str],
+    parent_id: str,
+    command: str | None,
+) -> str:
+    """The report as Markdown (figures referenced by file name, beside it)."""
+    o = spec.options
+    elapsed = wall(trials)
+    total = sum(s for s in map(seconds, trials) if s is not None)
+    epochs = spec.resolved["trainer"]["max_epochs"]
+    keys = spec.space.keys
+    head = ["trial", "state", o.objective, "epochs", *(k.split(".")[-1] for k in keys), "time"]
+    lines = [
+        f"# Sweep `{o.name}`",
+        "",
+        f"Optuna study `{o.name}` in `{shown(spec.storage)}`; MLflow parent run `{parent_id}` in experiment "
+        f"`{o.experiment}` (`{spec.tracking_uri}`). Generated {now()}.",
+        "",
+        "## Search",
+        "",
+        f"- objective: `{o.objective}`, {'higher' if spec.higher_is_better else 'lower'} is better, the best "
+        "epoch of each trial (the test set is never looked at during the search)",
+        f"- base config: `{shown_path(spec.base) if spec.base else 'defaults'}`; fixed settings: "
+        + (", ".join(f"`{k}={v}`" for k, v in spec.settings.items()) or "none"),
+        f"- budget per trial: {epochs} epoch{'s' if epochs != 1 else ''}; search size: "
+        + (f"{o.n_trials} trials" if o.n_trials else "until the timeout")
+        + (f", timeout {duration(o.timeout)} per invocation" if o.timeout else ""),
+        f"- sampler: {o.sampler} (seed {o.seed}, {o.startup_trials} random startup trials); pruner: "
+        f"{spec.pruner.name} (from epoch {spec.pruner.from_epoch})",
+        "",
+        "| key | sampled as |",
+        "|---|---|",
+        *(f"| `{p.key}` | {p.describe()} |" for p in spec.space.params),
+        "",
+        "## Trials",
+        "",
+        f"{len(trials)} trials: **{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, "
+        f"{counts['FAIL']} failed**"
+        + (f", {counts['RUNNING']} running" if counts.get("RUNNING") else "")
+        + f". Wall time {duration(elapsed) if elapsed is not None else '-'} from the first trial's start to "
+        f"the last one's end; {duration(total)} of trial time in all.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for t in trials:
+        took = seconds(t)
+        cells = [
+            f"{t.number}{' (best)' if best is not None and t.number == best.number else ''}",
+            t.state.name.lower(),
+            f"{t.value:.4f}" if finite(t.value) else "-",
+            str(max(t.intermediate_values, default=0)),
+            *(_cell(t.params.get(k)) for k in keys),
+            duration(took) if took is not None else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Best trial", ""]
+    if best is None:
+        lines += ["No trial is complete yet.", ""]
+    else:
+        args = " ".join(
+            f"--{k} {shlex.quote(_exact(v))}" for k, v in {**spec.settings, **best.params}.items()
+        )
+        base = f"--config {shown_path(spec.base)} " if spec.base else ""
+        lines += [
+            f"Trial {best.number}: **{o.objective} {best.value:.4f}** with "
+            + ", ".join(f"`{k}={_cell(v)}`" for k, v in best.params.items())
+            + ".",
+            "",
+        ]
+        if test:
+            shown_test = ", ".join(f"{k} **{v:.4f}**" for k, v in test.items())
+            lines += [
+                f"Its best checkpoint on the test set, evaluated once after the search: {shown_test}.",
+                "",
+            ]
+        elif test_note:
+            lines += [test_note + ".", ""]
+        lines += [
+            "Its full config is `best_config.yaml` beside this report; the same run from the command line:",
+            "",
+            "```bash",
+            f"fashion-cnn fit {base}--seed_everything {o.seed} {args}".replace("  ", " "),
+            "```",
+            "",
+        ]
+    if drawn or figure_notes:
+        lines += ["## Figures", "", *(f"![{FIGURES[f]}]({f})\n" for f in drawn)]
+        lines += [f"- {n}" for n in figure_notes] + [""]
+    if command:
+        lines += ["## Command", "", "```bash", command, "```", ""]
+    return "\n".join(lines)
 
 
-__all__ = ["best_config", "evaluate_best", "param_importances", "report_markdown", "write_report"]
+def seconds(trial: Any) -> float | None:
+    if trial.datetime_start and trial.datetime_complete:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return None
+
+
+def wall(trials: Sequence[Any]) -> float | None:
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else None
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _exact(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+__all__ = ["FIGURES", "best_config", "evaluate_best", "param_importances", "report_markdown", "write_report"]

@@ -10,7 +10,6 @@ start a new search instead.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import warnings
@@ -18,11 +17,8 @@ from typing import Any
 
 from fashion_cnn.errors import SweepError
 from fashion_cnn.runs.settings import hashable
-from fashion_cnn.sweep.pruning import make_pruner
 from fashion_cnn.sweep.spec import SweepSpec
 from fashion_cnn.sweep.storage import is_database, shown
-
-log = logging.getLogger(__name__)
 
 ATTR_SPACE, ATTR_SETTINGS, ATTR_OBJECTIVE = (
     "fashion_cnn.space",
@@ -68,7 +64,7 @@ def _record(study: Any, spec: SweepSpec) -> None:
         check_unchanged(study, spec)
         return
     study.set_user_attr(ATTR_SPACE, spec.space.canonical())
-    study.set_user_attr(ATTR_SETTINGS, json.dumps(hashable(spec.resolved), sort_keys=True, default=str))
+    study.set_user_attr(ATTR_SETTINGS, _settings(spec))
     study.set_user_attr(ATTR_OBJECTIVE, spec.options.objective)
     for values in spec.enqueue:
         study.enqueue_trial(values, skip_if_exists=True)
@@ -96,16 +92,19 @@ def check_unchanged(study: Any, spec: SweepSpec) -> None:
             f"{study.direction.name.lower()}). {fix}"
         )
     before = json.loads(attrs.get(ATTR_SETTINGS, "{}"))
-    now = json.loads(json.dumps(hashable(spec.resolved), sort_keys=True, default=str))
+    now = json.loads(_settings(spec))
     if before != now:
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         shown_keys = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         raise SweepError(
             f"the trials' fixed settings changed since {where} was created ({shown_keys}{more}), so new "
-            "trials "
-            f"would not be comparable with the old ones. {fix}"
+            f"trials would not be comparable with the old ones. {fix}"
         )
+
+
+def _settings(spec: SweepSpec) -> str:
+    return json.dumps(hashable(spec.resolved), sort_keys=True, default=str)
 
 
 def _space_change(stored: str, spec: SweepSpec) -> str:
@@ -136,15 +135,6 @@ def make_sampler(name: str, seed: int, startup_trials: int, existing: int, worke
         return optuna.samplers.TPESampler(
             seed=mixed, n_startup_trials=startup_trials, multivariate=True, group=True, constant_liar=True
         )
-
-
-def load_with_sampler(spec_name: str, storage: Any, sampler: Any, pruner_settings: Any) -> Any:
-    """The study as the driver asks it for trials: with its sampler and the sweep's pruner."""
-    import optuna
-
-    return optuna.load_study(
-        study_name=spec_name, storage=storage, sampler=sampler, pruner=make_pruner(pruner_settings)
-    )
 
 
 def counted(study: Any) -> int:

@@ -71,10 +71,8 @@ class SpaceParam:
         """Values that show whether the config accepts this key: both bounds, or every choice."""
         if self.kind == "categorical":
             return list(self.choices)
-        assert self.low is not None and self.high is not None
-        if self.kind == "int":
-            return [int(self.low), int(self.high)]
-        return [float(self.low), float(self.high)]
+        cast = int if self.kind == "int" else float
+        return [cast(self.low), cast(self.high)]  # type: ignore[arg-type]
 
     def contains(self, value: Any) -> bool:
         """Whether ``value`` is one this entry can propose (for enqueued trials)."""
@@ -84,17 +82,14 @@ class SpaceParam:
             return False
         if self.kind == "int" and not float(value).is_integer():
             return False
-        assert self.low is not None and self.high is not None
-        return self.low <= value <= self.high
+        return self.low <= value <= self.high  # type: ignore[operator]
 
     def active(self, chosen: Mapping[str, Any]) -> bool:
         """Whether the conditions hold for the values chosen so far in this trial."""
-        return all(
-            key in chosen and any(_same(chosen[key], v) for v in allowed) for key, allowed in self.when
-        )
+        return all(key in chosen and any(_same(chosen[key], v) for v in vs) for key, vs in self.when)
 
     def describe(self) -> str:
-        """``int 2-8``, ``float 1e-04-0.01 (log)``, ``one of none, batch`` (+ ``when ...``)."""
+        """``int 2 to 8``, ``float 0.0001 to 0.01 (log)``, ``one of none, batch`` (+ ``when ...``)."""
         if self.kind == "categorical":
             text = "one of " + ", ".join(_text(c) for c in self.choices)
         else:
@@ -115,9 +110,6 @@ class SearchSpace:
     def keys(self) -> list[str]:
         return [p.key for p in self.params]
 
-    def param(self, key: str) -> SpaceParam:
-        return next(p for p in self.params if p.key == key)
-
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Sample one trial's values from an Optuna trial (keys whose condition fails are left out)."""
         chosen: dict[str, Any] = {}
@@ -127,18 +119,16 @@ class SearchSpace:
             if p.kind == "categorical":
                 chosen[p.key] = trial.suggest_categorical(p.key, list(p.choices))
             elif p.kind == "int":
-                assert p.low is not None and p.high is not None
-                chosen[p.key] = trial.suggest_int(
-                    p.key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log
-                )
+                low, high, step = int(p.low), int(p.high), int(p.step or 1)  # type: ignore[arg-type]
+                chosen[p.key] = trial.suggest_int(p.key, low, high, step=step, log=p.log)
             else:
-                assert p.low is not None and p.high is not None
                 chosen[p.key] = trial.suggest_float(p.key, p.low, p.high, step=p.step, log=p.log)
         return chosen
 
-    def as_data(self) -> dict[str, dict[str, Any]]:
-        """The space as plain data (stored with the Optuna study, to notice a changed file)."""
-        out = {}
+    def canonical(self) -> str:
+        """The space as one JSON string, stored with the Optuna study to notice a changed file;
+        stable across runs (key order kept: it orders conditions)."""
+        data = []
         for p in self.params:
             entry: dict[str, Any] = {"type": p.kind}
             if p.kind == "categorical":
@@ -147,21 +137,18 @@ class SearchSpace:
                 entry.update(low=p.low, high=p.high, step=p.step, log=p.log)
             if p.when:
                 entry["when"] = {k: list(v) for k, v in p.when}
-            out[p.key] = entry
-        return out
-
-    def canonical(self) -> str:
-        """The space as one JSON string, stable across runs (key order kept: it orders conditions)."""
-        return json.dumps(list(self.as_data().items()), default=str)
+            data.append((p.key, entry))
+        return json.dumps(data, default=str)
 
     def check_values(self, values: Mapping[str, Any], where: str) -> dict[str, Any]:
         """``values`` (an enqueued trial) checked against the space: known keys, proposable values."""
+        params = {p.key: p for p in self.params}
         out: dict[str, Any] = {}
         for key, value in values.items():
             key = translate_key(key)
-            if key not in self.keys:
-                raise SweepError(f"{where}: {key} is not a key of the space ({', '.join(self.keys)})")
-            p = self.param(key)
+            if key not in params:
+                raise SweepError(f"{where}: {key} is not a key of the space ({', '.join(params)})")
+            p = params[key]
             if not p.contains(value):
                 raise SweepError(f"{where}: {key}: {value!r} is outside the space ({p.describe()})")
             out[key] = int(value) if p.kind == "int" else value
@@ -270,11 +257,9 @@ def _check(key: str, p: Param, before: Sequence[SpaceParam], where: str) -> Spac
 def _conditions(
     when: Mapping[str, Any] | None, before: Sequence[SpaceParam], where: str
 ) -> tuple[tuple[str, tuple[Scalar, ...]], ...]:
-    if not when:
-        return ()
     known = {p.key: p for p in before}
     out = []
-    for key, allowed in when.items():
+    for key, allowed in (when or {}).items():
         key = translate_key(key)
         if key not in known:
             raise SweepError(
@@ -285,9 +270,8 @@ def _conditions(
         for value in values:
             if not known[key].contains(value):
                 raise SweepError(
-                    f"{where}: when: {key} {value!r} is never proposed ({known[key].describe()}), so "
-                    "this key "
-                    "would never be sampled"
+                    f"{where}: when: {key} {value!r} is never proposed ({known[key].describe()}), so this "
+                    "key would never be sampled"
                 )
         out.append((key, values))
     return tuple(out)

@@ -10,9 +10,8 @@ model is built at each of them.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,10 +21,10 @@ from typing import Any, Literal
 from fashion_cnn.configs import resolve_config
 from fashion_cnn.errors import ConfigError, SweepError
 from fashion_cnn.lightning_cli import ConfigResolver
-from fashion_cnn.runs.settings import as_args, digest, flatten, hashable, plain
+from fashion_cnn.runs.settings import as_args, flatten, plain
 from fashion_cnn.sweep.pruning import PrunerName, PrunerSettings
 from fashion_cnn.sweep.space import SearchSpace, SpaceParam, parse_space
-from fashion_cnn.sweep.storage import default_storage
+from fashion_cnn.sweep.storage import locate
 from fashion_cnn.tracking import resolve_tracking_uri
 
 DEFAULT_EXPERIMENT = "fashion-cnn-sweeps"
@@ -124,11 +123,6 @@ class SweepSpec:
     def direction(self) -> Literal["maximize", "minimize"]:
         return "maximize" if self.higher_is_better else "minimize"
 
-    @property
-    def trials_hash(self) -> str:
-        """Hash of what the trials compute apart from the sampled keys (base and fixed settings)."""
-        return digest(hashable(self.resolved))
-
 
 def build_spec(
     options: SweepOptions, settings: Mapping[str, Any] | None = None, resolver: ConfigResolver | None = None
@@ -143,12 +137,10 @@ def build_spec(
         raise SweepError(
             f"name: {o.name!r} is not usable; use letters, digits, _ . + - (it names runs and folders)"
         )
-    _check_budget(o.n_trials, o.timeout, o.startup_trials)
+    _check_budget(o)
     higher = _objective(o.objective, o.direction)
     checked = parse_space(o.space)
-    pruner_settings = _pruner(
-        o.pruner, o.prune_from_epoch, o.pruner_startup_trials, o.prune_threshold, higher
-    )
+    pruner_settings = _pruner(o, higher)
     fixed = dict(settings or {})
     for key in [*fixed, *checked.keys]:
         _not_reserved(key, "space" if key in checked.keys else "settings")
@@ -171,11 +163,9 @@ def build_spec(
         raise SweepError(f"the base config with the sweep's settings does not parse: {exc}") from None
     trainer = resolved.get("trainer") or {}
     _check_runs(resolved, trainer, pruner_settings)
-    pruner_settings = PrunerSettings(
-        **{**pruner_settings.as_dict(), "max_epochs": int(trainer["max_epochs"])}
-    )
+    pruner_settings = dataclasses.replace(pruner_settings, max_epochs=int(trainer["max_epochs"]))
     for p in checked.params:
-        _check_key(resolver, base_path, args, resolved, checked, p)
+        _check_key(resolver, base_path, args, list(flatten(resolved)), p)
     queued = tuple(checked.check_values(dict(e), f"enqueue[{i}]") for i, e in enumerate(o.enqueue or ()))
     output = Path(o.output_dir or Path("sweeps") / o.name).absolute()
     logger_args = (trainer.get("logger") or {}).get("init_args") or {}
@@ -186,7 +176,7 @@ def build_spec(
         space=checked,
         higher_is_better=higher,
         pruner=pruner_settings,
-        storage=_storage(o.storage, output),
+        storage=locate(o.storage, output),
         output=output,
         enqueue=queued,
         resolved=resolved,
@@ -199,15 +189,15 @@ def settings_of(groups: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any
     return flatten({group: plain(values) for group, values in groups.items() if values})
 
 
-def _check_budget(n_trials: int | None, timeout: float | None, startup_trials: int) -> None:
-    if n_trials is None and timeout is None:
+def _check_budget(o: SweepOptions) -> None:
+    if o.n_trials is None and o.timeout is None:
         raise SweepError("n_trials and timeout are both unset; give the search a budget, e.g. n_trials: 20")
-    if n_trials is not None and n_trials < 1:
-        raise SweepError(f"n_trials: {n_trials}; use at least 1 (the number of trials the search grows to)")
-    if timeout is not None and not timeout > 0:
-        raise SweepError(f"timeout: {timeout}; use a number of seconds > 0, or leave it unset")
-    if startup_trials < 0:
-        raise SweepError(f"startup_trials: {startup_trials}; use 0 or more (random trials before TPE)")
+    if o.n_trials is not None and o.n_trials < 1:
+        raise SweepError(f"n_trials: {o.n_trials}; use at least 1 (the number of trials the search grows to)")
+    if o.timeout is not None and not o.timeout > 0:
+        raise SweepError(f"timeout: {o.timeout}; use a number of seconds > 0, or leave it unset")
+    if o.startup_trials < 0:
+        raise SweepError(f"startup_trials: {o.startup_trials}; use 0 or more (random trials before TPE)")
 
 
 def _objective(objective: str, direction: str | None) -> bool:
@@ -234,20 +224,21 @@ def _objective(objective: str, direction: str | None) -> bool:
     return natural == "higher"
 
 
-def _pruner(
-    name: str, from_epoch: int, startup_trials: int, threshold: float | None, higher: bool
-) -> PrunerSettings:
-    if from_epoch < 1:
+def _pruner(o: SweepOptions, higher: bool) -> PrunerSettings:
+    if o.prune_from_epoch < 1:
         raise SweepError(
-            f"prune_from_epoch: {from_epoch}; use 1 or more (1: trials can stop after their first epoch)"
+            f"prune_from_epoch: {o.prune_from_epoch}; use 1 or more (1: trials can stop after their first "
+            "epoch)"
         )
-    if startup_trials < 0:
-        raise SweepError(f"pruner_startup_trials: {startup_trials}; use 0 or more")
-    if name == "threshold" and threshold is None:
-        raise SweepError("pruner: threshold needs prune_threshold, e.g. prune_threshold: 0.5 for val/acc")
-    if name != "threshold" and threshold is not None:
-        raise SweepError(f"prune_threshold is used by pruner: threshold only (pruner is {name}); remove it")
-    return PrunerSettings(name, from_epoch, startup_trials, threshold, higher)  # type: ignore[arg-type]
+    if o.pruner_startup_trials < 0:
+        raise SweepError(f"pruner_startup_trials: {o.pruner_startup_trials}; use 0 or more")
+    if (o.pruner == "threshold") != (o.prune_threshold is not None):
+        raise SweepError(
+            "pruner: threshold needs prune_threshold, e.g. prune_threshold: 0.5 for val/acc"
+            if o.prune_threshold is None
+            else f"prune_threshold is used by pruner: threshold only (pruner is {o.pruner}); remove it"
+        )
+    return PrunerSettings(o.pruner, o.prune_from_epoch, o.pruner_startup_trials, o.prune_threshold, higher)
 
 
 def _not_reserved(key: str, where: str) -> None:
@@ -280,26 +271,20 @@ def _check_runs(resolved: Mapping[str, Any], trainer: Mapping[str, Any], pruner:
 
 
 def _check_key(
-    resolver: ConfigResolver,
-    base: Path | None,
-    args: Sequence[str],
-    resolved: Mapping[str, Any],
-    space: SearchSpace,
-    p: SpaceParam,
+    resolver: ConfigResolver, base: Path | None, args: Sequence[str], known: list[str], p: SpaceParam
 ) -> None:
     """Resolve ``p`` at every representative value, with its conditions met; build the model there."""
     from fashion_cnn.system import FashionCNN
 
-    known = list(flatten(resolved))
     where = f"space: {p.key}"
     if p.key not in known:
         close = difflib.get_close_matches(p.key, known, n=1)
         hint = f"did you mean {close[0]}?" if close else "`fashion-cnn fit --print_config` lists the keys"
         raise SweepError(f"{where} is not a config key of fit; {hint}")
-    conditions = [f"--{key}={_json(allowed[0])}" for key, allowed in p.when]
+    conditions = as_args({key: allowed[0] for key, allowed in p.when})
     for value in p.representatives():
         try:
-            config = resolver.resolve(base, [*args, *conditions, f"--{p.key}={_json(value)}"])
+            config = resolver.resolve(base, [*args, *conditions, *as_args({p.key: value})])
         except ConfigError as exc:
             raise SweepError(f"{where}: the config refuses {value!r}: {exc}") from None
         got = flatten(config).get(p.key)
@@ -312,18 +297,6 @@ def _check_key(
                 raise SweepError(
                     f"{where}: with {p.key}={value!r} the model cannot be built: {exc}"
                 ) from None
-
-
-def _storage(storage: str | None, output: Path) -> str:
-    if storage is None:
-        return default_storage(output)
-    if "://" in storage:
-        return storage
-    return str(Path(os.path.expanduser(storage)).absolute())
-
-
-def _json(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 __all__ = [

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 import warnings
 from pathlib import Path
@@ -21,11 +20,8 @@ from typing import Any
 
 from fashion_cnn.errors import MissingDependencyError, SweepError
 
-log = logging.getLogger(__name__)
-
 CONNECT_TIMEOUT_S = 5  # how long a database may take to accept the first connection
-HEARTBEAT_S = 60  # RDB trials record a heartbeat this often ...
-GRACE_S = 180  # ... and one silent for this long is failed as stale
+HEARTBEAT_S, GRACE_S = 60, 180  # RDB trials beat this often; one silent for GRACE_S is failed as stale
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
 JOURNAL_NAME = "optuna.journal"
 
@@ -35,9 +31,12 @@ def is_database(storage: str) -> bool:
     return "://" in storage
 
 
-def default_storage(output: Path) -> str:
-    """The journal file in the sweep's output folder, beside the trials' checkpoints and logs."""
-    return str(output / JOURNAL_NAME)
+def locate(storage: str | None, output: Path) -> str:
+    """A database URL as given, a journal path made absolute; by default the journal file in the
+    sweep's output folder, beside the trials' checkpoints and logs."""
+    if storage is None:
+        return str(output / JOURNAL_NAME)
+    return storage if is_database(storage) else str(Path(storage).expanduser().absolute())
 
 
 def shown(storage: str) -> str:
@@ -69,13 +68,10 @@ def check_reachable(storage: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             f"--storage {storage}: not a database URL ({exc}); write e.g. postgresql://user@host:5432/db, "
             "or a file path for a local journal"
         ) from None
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return
     host = url.host or "localhost"
-    port = url.port or _DEFAULT_PORTS.get(backend)
-    if port is None:
-        return  # an unusual backend: leave it to its driver
+    port = url.port or _DEFAULT_PORTS.get(url.get_backend_name())
+    if port is None:  # sqlite, or an unusual backend: leave it to its driver
+        return
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
@@ -86,25 +82,6 @@ def check_reachable(storage: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             f"waited up to {timeout:g} s). Start the server, fix the host or port, or leave --storage out "
             "for a local journal file"
         ) from None
-
-
-def with_driver(storage: str) -> str:
-    """``postgresql://...`` with the driver that is installed.
-
-    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, which this package's ``postgres``
-    extra installs. Where only psycopg2 is installed, the URL names it instead. An explicit driver
-    (``postgresql+psycopg2://``) is kept.
-    """
-    import importlib.util
-
-    from sqlalchemy.engine import make_url
-
-    url = make_url(storage)
-    if url.drivername != "postgresql" or importlib.util.find_spec("psycopg") is not None:
-        return storage
-    if importlib.util.find_spec("psycopg2") is None:
-        return storage  # the driver error names what to install
-    return url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
 
 
 def open_storage(storage: str, check: bool = True) -> Any:
@@ -118,6 +95,8 @@ def open_storage(storage: str, check: bool = True) -> Any:
         SweepError: The database does not answer or refuses the connection.
         MissingDependencyError: The URL's database driver is not installed.
     """
+    import importlib.util
+
     import optuna
 
     if not is_database(storage):
@@ -134,30 +113,36 @@ def open_storage(storage: str, check: bool = True) -> Any:
         check_reachable(storage)
     from sqlalchemy.engine import make_url
 
-    given, storage = storage, with_driver(storage)
-    backend = make_url(storage).get_backend_name()
-    engine: dict[str, Any] = {}
-    if backend in ("postgresql", "mysql", "mariadb"):
-        engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    url = make_url(storage)
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3 (the ``postgres`` extra's); where only
+    # psycopg2 is installed the URL names it (with neither, the driver's error names what to install).
+    find = importlib.util.find_spec
+    if url.drivername == "postgresql" and not find("psycopg") and find("psycopg2"):
+        url = url.set(drivername="postgresql+psycopg2")
+    backend = url.get_backend_name()
+    server = backend != "sqlite"
+    connect = (
+        {"connect_timeout": CONNECT_TIMEOUT_S} if backend in ("postgresql", "mysql", "mariadb") else None
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
             return optuna.storages.RDBStorage(
-                storage,
-                engine_kwargs=engine,
-                heartbeat_interval=None if backend == "sqlite" else HEARTBEAT_S,
-                grace_period=None if backend == "sqlite" else GRACE_S,
+                url.render_as_string(hide_password=False),
+                engine_kwargs={"connect_args": connect} if connect else {},
+                heartbeat_interval=HEARTBEAT_S if server else None,
+                grace_period=GRACE_S if server else None,
             )
     except ImportError as exc:  # Optuna re-raises the driver's ModuleNotFoundError as an ImportError
         raise MissingDependencyError(
-            f"--storage {shown(given)} needs a database driver that is not installed ({exc}); for "
+            f"--storage {shown(storage)} needs a database driver that is not installed ({exc}); for "
             'PostgreSQL: pip install "fashion-cnn[postgres]"'
         ) from None
     except Exception as exc:  # sqlalchemy.exc.OperationalError and friends: auth, missing database
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         if "timeout expired" in first:
             first = f"it accepted the connection but did not answer within {CONNECT_TIMEOUT_S} s ({first})"
-        raise SweepError(f"--storage {shown(given)} cannot be used: {first}") from None
+        raise SweepError(f"--storage {shown(storage)} cannot be used: {first}") from None
 
 
-__all__ = ["check_reachable", "default_storage", "is_database", "open_storage", "shown"]
+__all__ = ["check_reachable", "is_database", "locate", "open_storage", "shown"]
