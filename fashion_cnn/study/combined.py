@@ -14,9 +14,15 @@ from fashion_cnn.runs.progress import duration, now
 from fashion_cnn.runs.progress import shown_path as rel
 from fashion_cnn.runs.records import TAG_EXECUTOR, TAG_REUSED, run_seconds
 from fashion_cnn.study import compare
-from fashion_cnn.study.outlook import claim_rows, fdr_line, fdr_summary, outlook_rule_lines, outlook_table
 from fashion_cnn.study.plan import TRAIN_IMAGES, StudyPlan, identical_variants, images_per_run
-from fashion_cnn.study.power import fdr_adjusted
+from fashion_cnn.study.power import (
+    claim_rows,
+    fdr_adjusted,
+    fdr_line,
+    fdr_summary,
+    outlook_rule_lines,
+    outlook_table,
+)
 from fashion_cnn.study.report import (
     StudyResults,
     budget_changes,

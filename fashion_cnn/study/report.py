@@ -23,7 +23,9 @@ from fashion_cnn.runs.progress import duration, now
 from fashion_cnn.runs.progress import shown_path as rel
 from fashion_cnn.runs.settings import as_args, hashable
 from fashion_cnn.study.claims import Claim
-from fashion_cnn.study.outlook import (
+from fashion_cnn.study.plan import StudyPlan, identical_variants
+from fashion_cnn.study.power import (
+    Outlook,
     claim_rows,
     fdr_line,
     fdr_summary,
@@ -32,8 +34,6 @@ from fashion_cnn.study.outlook import (
     outlook_table,
     outlooks,
 )
-from fashion_cnn.study.plan import StudyPlan, identical_variants
-from fashion_cnn.study.power import Outlook
 from fashion_cnn.study.spec import Study
 from fashion_cnn.study.verdicts import Evaluation, evaluate_claim, fmt, fmt_p, mean_ci, rule_lines
 
