@@ -15,22 +15,15 @@ from fashion_cnn.runs.progress import shown_path as rel
 from fashion_cnn.runs.records import TAG_EXECUTOR, TAG_REUSED, run_seconds
 from fashion_cnn.study import compare
 from fashion_cnn.study.plan import TRAIN_IMAGES, StudyPlan, identical_variants, images_per_run
-from fashion_cnn.study.power import (
-    claim_rows,
-    fdr_adjusted,
-    fdr_line,
-    fdr_summary,
-    outlook_rule_lines,
-    outlook_table,
-)
+from fashion_cnn.study.power import claim_rows, fdr_adjusted, fdr_line, fdr_summary, outlook_rule_lines
 from fashion_cnn.study.report import (
     StudyResults,
     budget_changes,
-    claim_sentences,
-    claims_table,
-    fmt_int,
+    claim_lines,
+    figure_lines,
+    outlook_lines,
     results_json,
-    results_table,
+    results_tables,
 )
 from fashion_cnn.study.verdicts import fmt_p, rule_lines
 
@@ -126,13 +119,12 @@ def write_combined_report(
     ]
     data["fdr"] = fdr_summary([ev for _, ev in summary], every_p)
     picture = _claims_figure(all_results, path)
-    if picture:
-        caption = (
-            "Every claim at a glance: its difference in the claim's favour with the 95 % CI, coloured by "
-            "verdict; grey: ± the difference its seeds detect with power 0.8; purple: no difference ± "
-            "the practical margin. Labels: part and claim number."
-        )
-        lines += ["", f"![{caption}]({picture})", "", f"*{caption}*"]
+    caption = (
+        "Every claim at a glance: its difference in the claim's favour with the 95 % CI, coloured by "
+        "verdict; grey: ± the difference its seeds detect with power 0.8; purple: no difference ± "
+        "the practical margin. Labels: part and claim number."
+    )
+    lines += figure_lines(caption, picture)
     if compare_with is not None:
         label = f"`{Path(compare_with.get('report') or compare_with['source']).name}`"
         lines += ["", *compare.comparison_lines(data, compare_with, label)]
@@ -164,20 +156,9 @@ def write_combined_report(
                 "claims between them compare seeds only.",
                 "",
             ]
-        lines += results_table(plan, results)
-        lines += ["", "| variant | parameters (ours) | parameters (journal) |", "|---|---:|---:|"]
-        lines += [
-            f"| {vp.variant.name} | {fmt_int(results.num_params.get(vp.variant.name))} | "
-            f"{fmt_int(vp.variant.journal.get('params'))} |"
-            for vp in plan.variants
-        ]
-        lines += [""]
-        lines += claims_table(plan, results.evaluations)
-        lines += ["", *claim_sentences(plan, results.evaluations)]
+        lines += [*results_tables(plan, results, wall=False), "", *claim_lines(plan, results.evaluations)]
         if results.outlooks:
-            lines += ["", "What these seeds can and cannot tell:", ""]
-            lines += outlook_table(results.evaluations, results.outlooks, results.p_fdr)
-            lines += ["", fdr_line(results.evaluations, results.p_fdr)]
+            lines += ["", "What these seeds can and cannot tell:", "", *outlook_lines(results)]
         if study.unchecked:
             lines += ["", "Not tested here:", "", *[f"- {u}" for u in study.unchecked]]
     lines += ["", "## Decision rule", "", *rule_lines(), *outlook_rule_lines(), ""]
