@@ -36,14 +36,9 @@ def write_combined_report(
     rebuilt: bool = False,
 ) -> Path:
     """One Markdown document over several studies: per part, the journal's figures beside ours and
-    the verdict on each claim. Its results go to the ``.json`` beside it.
-
-    Args:
-        all_results: Each study's plan with its results (:func:`~fashion_cnn.study.report.collect_results`).
-        compare_with: Another combined report's results (:func:`~fashion_cnn.study.compare.load_comparison`):
-            adds a section with the claims whose verdict differs between the two.
-        rebuilt: The document is rebuilt from finished runs (``--report_only``); it says so.
-    """
+    the verdict on each claim; its results go to the ``.json`` beside it. ``compare_with`` (another
+    report's :func:`~fashion_cnn.study.compare.load_comparison`) adds the verdicts that change;
+    ``rebuilt`` says the document was rebuilt from finished runs (``--report_only``)."""
     path = Path(path)
     plans = [plan for plan, _ in all_results]
     studies = [_study_json(plan, results) for plan, results in all_results]
@@ -187,10 +182,8 @@ def _claims_figure(all_results: Sequence[tuple[StudyPlan, StudyResults]], path: 
 
 def _study_json(plan: StudyPlan, results: StudyResults) -> dict[str, Any]:
     """A study's results as in its results.json, with its part and each variant's budget as run."""
-    budget = {}
-    for vp in plan.variants:
-        epochs, images, _, _ = images_per_run(vp.resolved)
-        budget[vp.variant.name] = {"epochs": epochs, "train_images": images}
+    runs = {vp.variant.name: images_per_run(vp.resolved) for vp in plan.variants}
+    budget = {name: {"epochs": run[0], "train_images": run[1]} for name, run in runs.items()}
     return {**results_json(plan, results), "part": plan.study.part, "budget": budget}
 
 
