@@ -17,8 +17,7 @@ import json
 from pathlib import Path
 
 from fashion_cnn import figures
-from fashion_cnn.study.outlook import claim_rows, document_outlooks, fdr_line, outlook_table
-from fashion_cnn.study.power import fdr_adjusted
+from fashion_cnn.study.power import claim_rows, document_outlooks, fdr_adjusted, fdr_line, outlook_table
 
 
 def main() -> None:

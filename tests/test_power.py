@@ -1,4 +1,4 @@
-"""What a claim's seeds can tell (fashion_cnn.study.power, .outlook): reference values, every claim
+"""What a claim's seeds can tell (fashion_cnn.study.power): reference values, every claim
 kind, equivalence statements, margins in study files, Benjamini-Hochberg, the claims figure, and the
 committed journal results rebuilt from their JSON."""
 
@@ -15,8 +15,16 @@ from statsmodels.stats.power import TTestIndPower
 from fashion_cnn import figures
 from fashion_cnn.errors import StudyError
 from fashion_cnn.study.claims import Metric, parse_claim
-from fashion_cnn.study.outlook import claim_rows, document_outlooks, fdr_line, outlook_table
-from fashion_cnn.study.power import detectable_effect, fdr_adjusted, outlook, seeds_for_effect
+from fashion_cnn.study.power import (
+    claim_rows,
+    detectable_effect,
+    document_outlooks,
+    fdr_adjusted,
+    fdr_line,
+    outlook,
+    outlook_table,
+    seeds_for_effect,
+)
 from fashion_cnn.study.spec import DEFAULT_MARGIN, load_study
 from fashion_cnn.study.verdicts import evaluate_claim
 

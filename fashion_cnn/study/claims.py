@@ -49,22 +49,17 @@ class Claim:
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _ON = r"(?:\s+on\s+(?P<m>\S+))?"
+_ALL = r"(?:\s+of\s+all(?:\s+variants)?)?"
 _CLAIM_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    (
-        "beats",
-        re.compile(rf"^(?P<a>\S+)\s+beats\s+(?P<b>\S+){_ON}(?:\s+by\s+at\s+least\s+(?P<d>{_NUM}))?$", re.I),
-    ),
-    ("beats", re.compile(rf"^(?P<a>\S+)\s+beats\s+(?P<b>\S+)\s+by\s+at\s+least\s+(?P<d>{_NUM}){_ON}$", re.I)),
-    ("best", re.compile(rf"^(?P<a>\S+)\s+is\s+(?:the\s+)?best(?:\s+of\s+all(?:\s+variants)?)?{_ON}$", re.I)),
-    (
-        "worst",
-        re.compile(rf"^(?P<a>\S+)\s+is\s+(?:the\s+)?worst(?:\s+of\s+all(?:\s+variants)?)?{_ON}$", re.I),
-    ),
-    ("within", re.compile(rf"^(?P<a>\S+)\s+is\s+within\s+(?P<d>{_NUM})\s+of\s+(?P<b>\S+){_ON}$", re.I)),
-    (
-        "between",
-        re.compile(rf"^(?P<a>\S+)\s+is\s+between\s+(?P<lo>{_NUM})\s+and\s+(?P<hi>{_NUM}){_ON}$", re.I),
-    ),
+    (kind, re.compile(rf"^(?P<a>\S+)\s+{body}$", re.I))
+    for kind, body in [
+        ("beats", rf"beats\s+(?P<b>\S+){_ON}(?:\s+by\s+at\s+least\s+(?P<d>{_NUM}))?"),
+        ("beats", rf"beats\s+(?P<b>\S+)\s+by\s+at\s+least\s+(?P<d>{_NUM}){_ON}"),
+        ("best", rf"is\s+(?:the\s+)?best{_ALL}{_ON}"),
+        ("worst", rf"is\s+(?:the\s+)?worst{_ALL}{_ON}"),
+        ("within", rf"is\s+within\s+(?P<d>{_NUM})\s+of\s+(?P<b>\S+){_ON}"),
+        ("between", rf"is\s+between\s+(?P<lo>{_NUM})\s+and\s+(?P<hi>{_NUM}){_ON}"),
+    ]
 ]
 CLAIM_FORMS = (
     "'A beats B on M', 'A beats B on M by at least d', 'A is the best of all variants on M', "
@@ -114,17 +109,9 @@ def parse_claim(
         low, high = float(groups["lo"]), float(groups["hi"])
         if not low < high:
             raise StudyError(f"{where}: claim {text!r}: the lower bound {low} must be below {high}")
-    return Claim(
-        text=text,
-        kind=kind,  # type: ignore[arg-type]  # one of the pattern table's kinds
-        a=a,
-        metric=metric,
-        b=b,
-        margin=margin,
-        low=low,
-        high=high,
-        journal=" ".join(journal.split()),
-    )
+    # kind is one of the pattern table's kinds
+    journal = " ".join(journal.split())
+    return Claim(text, kind, a, metric, b, margin, low, high, journal)  # type: ignore[arg-type]
 
 
 def is_number(value: Any) -> bool:

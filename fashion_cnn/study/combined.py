@@ -14,17 +14,16 @@ from fashion_cnn.runs.progress import duration, now
 from fashion_cnn.runs.progress import shown_path as rel
 from fashion_cnn.runs.records import TAG_EXECUTOR, TAG_REUSED, run_seconds
 from fashion_cnn.study import compare
-from fashion_cnn.study.outlook import claim_rows, fdr_line, fdr_summary, outlook_rule_lines, outlook_table
 from fashion_cnn.study.plan import TRAIN_IMAGES, StudyPlan, identical_variants, images_per_run
-from fashion_cnn.study.power import fdr_adjusted
+from fashion_cnn.study.power import claim_rows, fdr_adjusted, fdr_line, fdr_summary, outlook_rule_lines
 from fashion_cnn.study.report import (
     StudyResults,
     budget_changes,
-    claim_sentences,
-    claims_table,
-    fmt_int,
+    claim_lines,
+    figure_lines,
+    outlook_lines,
     results_json,
-    results_table,
+    results_tables,
 )
 from fashion_cnn.study.verdicts import fmt_p, rule_lines
 
@@ -37,14 +36,9 @@ def write_combined_report(
     rebuilt: bool = False,
 ) -> Path:
     """One Markdown document over several studies: per part, the journal's figures beside ours and
-    the verdict on each claim. Its results go to the ``.json`` beside it.
-
-    Args:
-        all_results: Each study's plan with its results (:func:`~fashion_cnn.study.report.collect_results`).
-        compare_with: Another combined report's results (:func:`~fashion_cnn.study.compare.load_comparison`):
-            adds a section with the claims whose verdict differs between the two.
-        rebuilt: The document is rebuilt from finished runs (``--report_only``); it says so.
-    """
+    the verdict on each claim; its results go to the ``.json`` beside it. ``compare_with`` (another
+    report's :func:`~fashion_cnn.study.compare.load_comparison`) adds the verdicts that change;
+    ``rebuilt`` says the document was rebuilt from finished runs (``--report_only``)."""
     path = Path(path)
     plans = [plan for plan, _ in all_results]
     studies = [_study_json(plan, results) for plan, results in all_results]
@@ -120,13 +114,12 @@ def write_combined_report(
     ]
     data["fdr"] = fdr_summary([ev for _, ev in summary], every_p)
     picture = _claims_figure(all_results, path)
-    if picture:
-        caption = (
-            "Every claim at a glance: its difference in the claim's favour with the 95 % CI, coloured by "
-            "verdict; grey: ± the difference its seeds detect with power 0.8; purple: no difference ± "
-            "the practical margin. Labels: part and claim number."
-        )
-        lines += ["", f"![{caption}]({picture})", "", f"*{caption}*"]
+    caption = (
+        "Every claim at a glance: its difference in the claim's favour with the 95 % CI, coloured by "
+        "verdict; grey: ± the difference its seeds detect with power 0.8; purple: no difference ± "
+        "the practical margin. Labels: part and claim number."
+    )
+    lines += figure_lines(caption, picture)
     if compare_with is not None:
         label = f"`{Path(compare_with.get('report') or compare_with['source']).name}`"
         lines += ["", *compare.comparison_lines(data, compare_with, label)]
@@ -158,20 +151,9 @@ def write_combined_report(
                 "claims between them compare seeds only.",
                 "",
             ]
-        lines += results_table(plan, results)
-        lines += ["", "| variant | parameters (ours) | parameters (journal) |", "|---|---:|---:|"]
-        lines += [
-            f"| {vp.variant.name} | {fmt_int(results.num_params.get(vp.variant.name))} | "
-            f"{fmt_int(vp.variant.journal.get('params'))} |"
-            for vp in plan.variants
-        ]
-        lines += [""]
-        lines += claims_table(plan, results.evaluations)
-        lines += ["", *claim_sentences(plan, results.evaluations)]
+        lines += [*results_tables(plan, results, wall=False), "", *claim_lines(plan, results.evaluations)]
         if results.outlooks:
-            lines += ["", "What these seeds can and cannot tell:", ""]
-            lines += outlook_table(results.evaluations, results.outlooks, results.p_fdr)
-            lines += ["", fdr_line(results.evaluations, results.p_fdr)]
+            lines += ["", "What these seeds can and cannot tell:", "", *outlook_lines(results)]
         if study.unchecked:
             lines += ["", "Not tested here:", "", *[f"- {u}" for u in study.unchecked]]
     lines += ["", "## Decision rule", "", *rule_lines(), *outlook_rule_lines(), ""]
@@ -200,10 +182,8 @@ def _claims_figure(all_results: Sequence[tuple[StudyPlan, StudyResults]], path: 
 
 def _study_json(plan: StudyPlan, results: StudyResults) -> dict[str, Any]:
     """A study's results as in its results.json, with its part and each variant's budget as run."""
-    budget = {}
-    for vp in plan.variants:
-        epochs, images, _, _ = images_per_run(vp.resolved)
-        budget[vp.variant.name] = {"epochs": epochs, "train_images": images}
+    runs = {vp.variant.name: images_per_run(vp.resolved) for vp in plan.variants}
+    budget = {name: {"epochs": run[0], "train_images": run[1]} for name, run in runs.items()}
     return {**results_json(plan, results), "part": plan.study.part, "budget": budget}
 
 

@@ -1,12 +1,8 @@
-"""Two runs of the same studies, side by side: which verdicts change (``--compare_with``).
+"""A combined report's ``.json`` twin, and which verdicts change against another one (``--compare_with``).
 
-Every combined report (``--combined_report journal.md``) is written with a machine-readable twin,
-``journal.json``: per study its budget (epochs and training images per run, as run) and every
-claim's verdict, p-value and difference. Giving another report's ``.md`` or ``.json`` as
-``--compare_with`` adds a section to this one: the claims whose verdict differs between the two, so
-a reader sees which conclusions depend on the training budget (or the seeds, or the machine).
-
-Claims are matched by study name and claim text, which name the variants and the metric.
+Giving another combined report's ``.md`` or ``.json`` as ``--compare_with`` adds a section to this
+one: the claims whose verdict differs between the two (matched by study name and claim text), so a
+reader sees which conclusions depend on the training budget (or the seeds, or the machine).
 """
 
 from __future__ import annotations
@@ -26,19 +22,10 @@ KIND = "fashion-cnn combined report"
 VERSION = 1
 
 
-def twin_path(report: str | Path) -> Path:
-    """The ``.json`` written beside a combined report ``.md``."""
-    return Path(report).with_suffix(".json")
-
-
 def load_comparison(path: str | Path) -> dict[str, Any]:
-    """Read the results of another combined report: its ``.json``, or the ``.json`` beside its ``.md``.
-
-    Raises:
-        StudyError: The file is missing, is not JSON, or was not written by a combined report.
-    """
+    """Read the results of another combined report: its ``.json``, or the ``.json`` beside its ``.md``."""
     given = Path(path)
-    source = given if given.suffix == ".json" else twin_path(given)
+    source = given if given.suffix == ".json" else given.with_suffix(".json")
     hint = (
         "give the .md or .json that `fashion-cnn study --combined_report` wrote (regenerate an "
         "older report with the same study command and --report_only)"
@@ -85,8 +72,6 @@ def _claims(data: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 @dataclass
 class Changes:
-    """Two reports' claims, matched by study and claim text."""
-
     changed: list[tuple[dict[str, Any], dict[str, Any]]]  # (here, there) whose verdicts differ
     kept: int  # claims judged in both with the same verdict
     untested: list[str]  # in both, but one of them has too few finished seeds to test it
@@ -95,7 +80,6 @@ class Changes:
 
 
 def verdict_changes(here: Mapping[str, Any], there: Mapping[str, Any]) -> Changes:
-    """Which claims keep their verdict between ``here`` and ``there``, and which change."""
     mine, theirs = _claims(here), _claims(there)
     both = [k for k in mine if k in theirs]
     untested = [k for k in both if NOT_TESTED in (mine[k].get("test"), theirs[k].get("test"))]
@@ -160,8 +144,8 @@ def _diff(claim: Mapping[str, Any]) -> str:
 
 
 def write_twin(report: str | Path, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as the ``.json`` twin of ``report``, atomically."""
-    path = twin_path(report)
+    """Write ``data`` as the ``.json`` beside ``report``, atomically."""
+    path = Path(report).with_suffix(".json")
     with atomic_write(path, "w") as f:
         json.dump({"kind": KIND, "version": VERSION, **data}, f, indent=2, default=str, allow_nan=True)
     return path

@@ -29,7 +29,7 @@ order), so the runner needs no memory between looks: call :func:`sequential_step
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -50,15 +50,9 @@ FUTILITY_LEVEL = 0.8  # two-sided level of the interval whose optimistic end dec
 
 @dataclass(frozen=True)
 class Schedule:
-    """Planned looks: seeds per variant at each look, ending at the maximum.
-
-    Attributes:
-        looks: Increasing seed counts, e.g. ``(3, 5, 8, 12)``; the last is the maximum.
-        alpha: The study's one-sided level, spent over the looks.
-        spending: ``obrien-fleming`` or ``pocock`` (Lan–DeMets types), or ``none``: every look
-            at ``alpha`` (the naive repeated test, which does not keep ``alpha``; for comparison).
-        power: Power of the futility rule's detectable difference at the maximum.
-    """
+    """Planned looks: increasing seeds per variant, e.g. ``(3, 5, 8, 12)``, the last the maximum.
+    ``spending="none"`` tests every look at ``alpha``: the naive repeated test, for comparison (it does
+    not keep ``alpha``). ``power`` is that of the futility rule's detectable difference."""
 
     looks: tuple[int, ...]
     alpha: float = ALPHA
@@ -77,11 +71,7 @@ class Schedule:
     def blocks(
         cls, start: int, max_seeds: int, alpha: float = ALPHA, spending: Spending = "obrien-fleming"
     ) -> Schedule:
-        """Looks growing by about half each time from ``start`` to ``max_seeds``: 3 → 5 → 8 → 12.
-
-        Raises:
-            StudyError: ``max_seeds`` below ``start``, or ``start`` below 2.
-        """
+        """Looks growing by about half each time from ``start`` to ``max_seeds``: 3 → 5 → 8 → 12."""
         if max_seeds < start:
             raise StudyError(
                 f"--max_seeds {max_seeds} is below the {start} seeds asked for; give at least {start}"
@@ -114,12 +104,11 @@ def spent(t: float, alpha: float, spending: Spending) -> float:
 
 @lru_cache(maxsize=64)
 def nominal_levels(looks: tuple[int, ...], alpha: float, spending: Spending) -> tuple[float, ...]:
-    """Nominal one-sided levels ``α_k`` of the looks (module docstring); ``alpha`` at every look for
-    ``spending="none"``.
+    """Nominal one-sided levels ``α_k`` of the looks (module docstring).
 
     The crossing probabilities are integrated numerically over the score process ``S_k = Z_k √t_k``
     (independent normal increments of variance ``t_k − t_{k−1}``), Armitage, McPherson & Rowe's
-    recursion (1969), on a grid of 4,001 points: exact to about 1e-6 and a few milliseconds.
+    recursion (1969), on a grid of ``_GRID`` points: exact to about 1e-6 and a few milliseconds.
     """
     if spending == "none":
         return tuple(alpha for _ in looks)
@@ -138,13 +127,7 @@ def nominal_levels(looks: tuple[int, ...], alpha: float, spending: Spending) -> 
         else:
             assert grid is not None and density is not None
             step = math.sqrt(t[k] - t[k - 1])
-
-            def crossing(
-                b: float, grid: np.ndarray = grid, density: np.ndarray = density, step: float = step
-            ) -> float:
-                return float(np.trapezoid(density * special.ndtr((grid - b) / step), grid))
-
-            bound = _solve(crossing, increment, -8.0, 20.0)
+            bound = _boundary(grid, density, step, increment)
             c = bound / math.sqrt(t[k])
             new_grid = np.linspace(-8.0, bound, _GRID)
             z = (new_grid[:, None] - grid[None, :]) / step
@@ -155,11 +138,13 @@ def nominal_levels(looks: tuple[int, ...], alpha: float, spending: Spending) -> 
     return tuple(levels)
 
 
-def _solve(f: Callable[[float], float], target: float, low: float, high: float) -> float:
-    """Where the decreasing ``f`` (a crossing probability) equals ``target``, on [low, high]."""
+def _boundary(grid: np.ndarray, density: np.ndarray, step: float, target: float) -> float:
+    """The score bound ``b`` whose crossing probability from ``density`` one increment on is ``target``,
+    by bisection on [-8, 20] (the probability falls as ``b`` rises)."""
+    low, high = -8.0, 20.0
     for _ in range(80):
         mid = 0.5 * (low + high)
-        if f(mid) > target:
+        if float(np.trapezoid(density * special.ndtr((grid - mid) / step), grid)) > target:
             low = mid
         else:
             high = mid
@@ -168,42 +153,25 @@ def _solve(f: Callable[[float], float], target: float, low: float, high: float) 
 
 @dataclass(frozen=True)
 class ClaimState:
-    """One claim after the looks made so far.
-
-    Attributes:
-        state: ``supported`` / ``not supported`` (a boundary was crossed), ``futile`` (could not
-            be decided at the maximum), ``undecided`` (needs the next block, or the maximum is spent).
-        look: Index into the schedule of the look that gave this state (-1: no look yet).
-        seeds: Seeds per variant at that look.
-        nominal_alpha: The level the tests were made at there.
-        evaluation: The claim's evaluation at that level on those seeds (``None`` before a look).
-        variants: The variants whose seeds the claim uses.
-        seeds_needed: Per variant, to decide at the observed effect with power 0.8 at the last
-            look's level; ``None``: more than the maximum.
-        final: No further look can change the state.
-    """
+    """One claim after the looks made so far: ``supported`` / ``not supported`` (a boundary was
+    crossed), ``futile`` (could not be decided at the maximum) or ``undecided`` (needs the next
+    block, or the maximum is spent)."""
 
     claim: Claim
     state: State
-    look: int
-    seeds: int
-    nominal_alpha: float
-    evaluation: Evaluation | None
-    variants: tuple[str, ...]
-    seeds_needed: int | None
-    final: bool
+    look: int  # index of the look that gave this state; -1: no look yet
+    seeds: int  # per variant, at that look
+    nominal_alpha: float  # the level the tests were made at there
+    evaluation: Evaluation | None  # at that level on those seeds; None before a look
+    variants: tuple[str, ...]  # whose seeds the claim uses
+    seeds_needed: int | None  # to decide at the observed effect at the last look's level; None: > max
+    final: bool  # no further look can change the state
 
 
 @dataclass(frozen=True)
 class Step:
-    """The result of :func:`sequential_step`.
-
-    Attributes:
-        states: One per claim, in order.
-        next_seeds: Variant -> the seed count it must reach for the next look (only variants of
-            claims still undecided and not futile, and only where they have fewer).
-        done: No claim needs more seeds.
-    """
+    """Every claim's state, and the seeds per variant the next look needs (only variants of claims
+    still undecided, and only where they have fewer)."""
 
     states: list[ClaimState]
     next_seeds: dict[str, int]
@@ -213,11 +181,7 @@ class Step:
         return not self.next_seeds
 
     def counts(self) -> dict[str, int]:
-        """How many claims are in each state."""
-        out = dict.fromkeys(("supported", "not supported", "undecided", "futile"), 0)
-        for s in self.states:
-            out[s.state] += 1
-        return out
+        return _counts(s.state for s in self.states)
 
 
 def claim_variants(claim: Claim, variants: Sequence[str]) -> tuple[str, ...]:
@@ -234,14 +198,8 @@ def sequential_step(
     schedule: Schedule,
     look: int | None = None,
 ) -> Step:
-    """Every claim's state after the looks the data allow, and the next block of seeds.
-
-    Args:
-        claims: The study's claims.
-        samples: Metric -> variant -> values, one per finished seed *in seed order*.
-        metrics: The study's metrics (for the direction of each).
-        schedule: The planned looks.
-        look: Make no look beyond this index of ``schedule.looks`` (default: as far as the data go).
+    """Every claim's state after the looks the data allow (at most up to index ``look``), and the
+    next block of seeds. ``samples``: metric -> variant -> values, one per finished seed *in seed order*.
     """
     last = len(schedule.looks) - 1 if look is None else min(look, len(schedule.looks) - 1)
     by_name = {m.name: m for m in metrics}
@@ -316,24 +274,15 @@ def _futile(claim: Claim, samples: Mapping[str, Sequence[float]], metric: Metric
 
 @dataclass(frozen=True)
 class Simulation:
-    """Operating characteristics of a schedule for one ``A beats B`` claim, by simulation.
-
-    Attributes:
-        studies: Simulated studies.
-        supported: Share with a "supported" verdict (the false-positive rate when ``effect`` is 0,
-            the power otherwise); ``se`` is its Monte Carlo standard error.
-        mean_seeds: Seeds per variant spent on average (the fixed design spends the maximum).
-        fixed_supported: Share supported by a single test at the maximum at ``alpha``, same data.
-        states: Share of studies ending in each state.
-    """
+    """Operating characteristics of a schedule for one claim, by simulation."""
 
     studies: int
     effect: float
-    supported: float
-    se: float
-    mean_seeds: float
-    fixed_supported: float
-    states: dict[str, float]
+    supported: float  # share "supported": the false-positive rate when the effect is 0, else the power
+    se: float  # its Monte Carlo standard error
+    mean_seeds: float  # per variant, on average (the fixed design spends the maximum)
+    fixed_supported: float  # share supported by one test at the maximum at alpha, on the same data
+    states: dict[str, float]  # share of studies ending in each state
 
 
 def simulate(
@@ -346,32 +295,28 @@ def simulate(
 ) -> Simulation:
     """Run the sequential procedure on ``studies`` simulated studies (normal seeds, sd 1, the
     metric ``test/loss``, lower is better), through :func:`sequential_step` exactly as a study
-    would; no training.
+    would. By default ``a``'s true loss is lower than ``b``'s by ``effect`` sd; ``means`` gives the
+    true mean loss of each variant the ``claim`` names instead.
 
-    Args:
-        effect: By default variant ``a``'s true loss is lower than ``b``'s by ``effect`` standard
-            deviations (in ``a beats b``'s favour).
-        claim: The claim, over variants named in ``means`` (default ``a`` and ``b``).
-        means: True mean loss per variant, in standard deviations (replaces ``effect``'s pair).
-
-    Each simulated study draws ``max_seeds`` values per variant up front; a look uses the first
-    ``n_k`` (the procedure never sees more than it asked for), so one call per study gives the state
-    the block-by-block runner would reach.
+    Each study draws ``max_seeds`` values per variant up front; a look uses the first ``n_k`` (the
+    procedure never sees more than it asked for), so one call per study gives the state the
+    block-by-block runner would reach.
     """
     rng = np.random.default_rng(seed)
     metric = Metric("test/loss", "lower")
     truth = dict(means) if means is not None else {"a": -effect, "b": 0.0}
     parsed = parse_claim(claim, list(truth), [metric])
     n = schedule.max_seeds
-    states: dict[str, int] = dict.fromkeys(("supported", "not supported", "undecided", "futile"), 0)
     seeds = fixed = 0
     draws = {v: rng.normal(mu, 1.0, (studies, n)) for v, mu in truth.items()}
+    ended = []
     for i in range(studies):
         values = {metric.name: {v: draws[v][i].tolist() for v in truth}}
         state = sequential_step([parsed], values, [metric], schedule).states[0]
-        states[state.state] += 1
+        ended.append(state.state)
         seeds += state.seeds
         fixed += evaluate_claim(parsed, values[metric.name], metric, schedule.alpha).verdict == "supported"
+    states = _counts(ended)
     rate = states["supported"] / studies
     return Simulation(
         studies=studies,
@@ -382,3 +327,10 @@ def simulate(
         fixed_supported=fixed / studies,
         states={k: v / studies for k, v in states.items()},
     )
+
+
+def _counts(states: Iterable[State]) -> dict[str, int]:
+    out = dict.fromkeys(("supported", "not supported", "undecided", "futile"), 0)
+    for state in states:
+        out[state] += 1
+    return out

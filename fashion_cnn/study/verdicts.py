@@ -1,26 +1,10 @@
-"""Verdicts on claims: the statistics (from scipy.stats) and the sentences that report them.
+"""Verdicts on claims: the t statistics, the decision rule and the sentences that report them.
 
-Decision rule, at ``alpha`` = 0.05 (each claim on its own, no correction across claims):
-
-- ``A beats B on M [by at least d]``: Welch's t-test, one-sided. Supported if p < alpha for "A
-  better than B by more than d" in M's direction; not supported if p < alpha for the opposite
-  one-sided hypothesis (A better by less than d, or worse); inconclusive otherwise. ``B`` may be a
-  number, then it is a one-sample t-test.
-- ``A is within d of B on M``: two one-sided tests (TOST). Supported if both p < alpha (the 90 %
-  CI of the difference lies inside (-d, d)); not supported if the difference is significantly
-  beyond d or below -d (one-sided p < alpha); inconclusive otherwise.
-- ``A is the best (worst) of all variants on M``: ``A beats X`` (``X beats A``) for every other
-  variant X. Supported if every one-sided p < alpha (an intersection-union test, so no correction
-  is needed); not supported if some X is significantly better (worse) at alpha / (k - 1)
-  (Bonferroni over the k - 1 rivals); inconclusive otherwise.
-- ``A is between L and U on M``: one-sample t-tests of the mean against both bounds. Supported if
-  mean > L and mean < U are both significant; not supported if mean < L or mean > U is.
-
-The p-values and intervals are those of ``scipy.stats`` (``ttest_ind(equal_var=False)``,
-``ttest_1samp``, ``t``), computed from the same Welch statistic with ``scipy.special.stdtr``
+The decision rule is the one :func:`rule_lines` prints in every report; each claim is tested on its
+own at ``alpha``. The p-values and intervals are those of ``scipy.stats`` (``ttest_ind(equal_var=
+False)``, ``ttest_1samp``, ``t``), computed from the same Welch statistic with ``scipy.special.stdtr``
 (the t CDF) so that the sequential simulations run thousands of them per second; the tests check
-them against ``scipy.stats`` and published reference values. This module owns the decision rule and
-the words.
+them against ``scipy.stats`` and published reference values.
 """
 
 from __future__ import annotations
@@ -35,12 +19,10 @@ from scipy import special
 from fashion_cnn.study.claims import Claim, Metric
 
 ALPHA = 0.05
+# The test of a claim that could not be tested: a variant has fewer than 2 finished seeds.
+NOT_TESTED = "none (fewer than 2 finished seeds)"
 
 Verdict = Literal["supported", "not supported", "inconclusive"]
-
-
-# --------------------------------------------------------------------------------------------
-# Statistics: thin, tested wrappers over scipy.stats
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -84,8 +66,6 @@ class Difference:
     """Mean of ``a`` minus the reference (the mean of ``b``, or a constant), with Welch's
     standard error and Welch–Satterthwaite degrees of freedom (n_a - 1 against a constant)."""
 
-    a: tuple[float, ...]
-    b: tuple[float, ...] | float
     diff: float
     se: float
     df: float
@@ -93,30 +73,24 @@ class Difference:
     mean_b: float
     cohen_d: float
 
-    def _p(self, margin: float, alternative: Literal["greater", "less"]) -> float:
+    def _p(self, margin: float, greater: bool) -> float:
         if math.isnan(self.df):
             return math.nan
         gap = self.diff - margin
         if self.se == 0.0:  # no spread at all (scipy returns nan): the sign of the gap decides
-            if gap == 0:
-                return 0.5
-            return 0.0 if (gap > 0) == (alternative == "greater") else 1.0
-        # H1: diff > margin (or < margin): the t statistic of ttest_ind(a - margin, b, equal_var=False)
-        # (ttest_1samp against a number), from its Welch standard error and degrees of freedom;
-        # special.stdtr is the t distribution's CDF, without the wrappers' per-call overhead.
-        t = gap / self.se
-        return float(special.stdtr(self.df, -t if alternative == "greater" else t))
+            return 0.5 if gap == 0 else (0.0 if (gap > 0) == greater else 1.0)
+        # The t statistic of ttest_ind(a - margin, b, equal_var=False) (ttest_1samp against a number).
+        return float(special.stdtr(self.df, -gap / self.se if greater else gap / self.se))
 
     def p_greater(self, margin: float = 0.0) -> float:
         """One-sided p-value of H1: diff > margin (Welch's t-test against H0: diff <= margin)."""
-        return self._p(margin, "greater")
+        return self._p(margin, True)
 
     def p_less(self, margin: float = 0.0) -> float:
         """One-sided p-value of H1: diff < margin."""
-        return self._p(margin, "less")
+        return self._p(margin, False)
 
     def ci(self, level: float = 0.95) -> tuple[float, float]:
-        """Two-sided confidence interval of the difference."""
         if math.isnan(self.df):
             return math.nan, math.nan
         half = float(special.stdtrit(self.df, 0.5 + level / 2.0)) * self.se if self.se > 0 else 0.0
@@ -129,38 +103,29 @@ def welch(a: Sequence[float], b: Sequence[float] | float) -> Difference:
     Cohen's d uses the root mean square of the two standard deviations (or ``a``'s alone against a
     constant); it is ±inf when the spread is zero and the means differ.
     """
-    a = tuple(float(x) for x in a)
-    mean_a, sd_a = mean_sd(a)
+    mean_a, sd_a = mean_sd([float(x) for x in a])
     n_a = len(a)
     if isinstance(b, (int, float)):
-        mean_b = float(b)
+        mean_b, diff = float(b), mean_a - float(b)
         if n_a < 2:
-            return Difference(a, mean_b, mean_a - mean_b, math.nan, math.nan, mean_a, mean_b, math.nan)
-        se = sd_a / math.sqrt(n_a)
-        return Difference(
-            a, mean_b, mean_a - mean_b, se, n_a - 1.0, mean_a, mean_b, _d(mean_a - mean_b, sd_a)
-        )
-    b = tuple(float(x) for x in b)
-    mean_b, sd_b = mean_sd(b)
+            return Difference(diff, math.nan, math.nan, mean_a, mean_b, math.nan)
+        return Difference(diff, sd_a / math.sqrt(n_a), n_a - 1.0, mean_a, mean_b, _d(diff, sd_a))
+    mean_b, sd_b = mean_sd([float(x) for x in b])
     n_b = len(b)
     diff = mean_a - mean_b
     if n_a < 2 or n_b < 2:
-        return Difference(a, b, diff, math.nan, math.nan, mean_a, mean_b, math.nan)
+        return Difference(diff, math.nan, math.nan, mean_a, mean_b, math.nan)
     va, vb = sd_a**2 / n_a, sd_b**2 / n_b
     se = math.sqrt(va + vb)
     # Welch–Satterthwaite; with no spread at all the pooled count stands in (p is then exact anyway).
     df = float(n_a + n_b - 2) if se == 0.0 else (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
-    return Difference(a, b, diff, se, df, mean_a, mean_b, _d(diff, math.sqrt((sd_a**2 + sd_b**2) / 2.0)))
+    return Difference(diff, se, df, mean_a, mean_b, _d(diff, math.sqrt((sd_a**2 + sd_b**2) / 2.0)))
 
 
 def _d(diff: float, sd: float) -> float:
     if sd > 0:
         return diff / sd
     return 0.0 if diff == 0 else math.copysign(math.inf, diff)
-
-
-# --------------------------------------------------------------------------------------------
-# Verdicts
 
 
 @dataclass
@@ -181,106 +146,85 @@ class Evaluation:
 def evaluate_claim(
     claim: Claim, samples: Mapping[str, Sequence[float]], metric: Metric, alpha: float = ALPHA
 ) -> Evaluation:
-    """Judge ``claim`` on per-variant samples (one value per seed) of ``metric``.
-
-    The decision rule is in the module docstring; p is the p-value of the claimed direction.
-    """
-    a = [v for v in samples.get(claim.a, []) if math.isfinite(v)]
-    s = metric.sign
-    name = metric.name
+    """Judge ``claim`` on per-variant samples (one value per seed) of ``metric`` by :func:`rule_lines`;
+    p is the p-value of the claimed direction."""
+    a = _finite(samples.get(claim.a, []))
     if claim.kind == "between":
-        return _between(claim, a, name, alpha)
+        return _between(claim, a, metric.name, alpha)
     if claim.kind in ("best", "worst"):
         return _extreme(claim, samples, metric, alpha)
-    b: Sequence[float] | float
-    if isinstance(claim.b, float):
-        b, b_label = claim.b, fmt(claim.b)
+    one_sample = isinstance(claim.b, float)
+    b: Sequence[float] | float = (
+        claim.b if isinstance(claim.b, float) else _finite(samples.get(str(claim.b), []))
+    )
+    b_label = fmt(claim.b) if isinstance(claim.b, float) else str(claim.b)
+    if isinstance(b, float) or len(a) == len(b):
+        n_text = f"n = {len(a)} seeds" + ("" if isinstance(b, float) else " each")
     else:
-        b = [v for v in samples.get(str(claim.b), []) if math.isfinite(v)]
-        b_label = str(claim.b)
-    n_text = _n_text(a, b)
-    one_sample = isinstance(b, float)
+        n_text = f"n = {len(a)} and {len(b)} seeds"
     if len(a) < 2 or (not isinstance(b, float) and len(b) < 2):
         return _too_few(claim, n_text)
     diff = welch(a, b)
     lo, hi = diff.ci(1 - alpha)
-    mean_b = diff.mean_b
+    ci_text = f"[{fmt(lo, sign=True)}, {fmt(hi, sign=True)}]"
+    d, s = claim.margin, metric.sign
     if claim.kind == "within":
-        d = claim.margin
         p = max(diff.p_greater(-d), diff.p_less(d))
         p_out = min(diff.p_greater(d), diff.p_less(-d))
         verdict = _decide(p, p_out, alpha)
-        test = (
-            "TOST equivalence (two one-sided "
-            + ("one-sample t-tests" if one_sample else "Welch t-tests")
-            + f", margin ±{fmt(d)})"
-        )
+        kind = "one-sample t-tests" if one_sample else "Welch t-tests"
+        test = f"TOST equivalence (two one-sided {kind}, margin ±{fmt(d)})"
+        tail = {
+            "supported": f"both one-sided tests put the difference inside ±{fmt(d)} (TOST {peq(p)}).",
+            "not supported": f"the difference lies significantly outside ±{fmt(d)} ({peq(p_out)}).",
+            "inconclusive": f"these seeds cannot tell if it lies within ±{fmt(d)} (TOST {peq(p)}).",
+        }[verdict]
         sentence = (
-            f"{claim.a}'s mean {name} ({fmt(diff.mean_a)}) differs from {b_label}"
-            f"{'' if one_sample else f' ({fmt(mean_b)})'} by {fmt(diff.diff, sign=True)} "
-            f"(95 % CI [{fmt(lo, sign=True)}, {fmt(hi, sign=True)}], {n_text}); "
-            + {
-                "supported": f"both one-sided tests put the difference inside ±{fmt(d)} (TOST {peq(p)}).",
-                "not supported": f"the difference lies significantly outside ±{fmt(d)} ({peq(p_out)}).",
-                "inconclusive": f"these seeds cannot tell if it lies within ±{fmt(d)} (TOST {peq(p)}).",
-            }[verdict]
+            f"{claim.a}'s mean {metric.name} ({fmt(diff.mean_a)}) differs from {b_label}"
+            f"{'' if one_sample else f' ({fmt(diff.mean_b)})'} by {fmt(diff.diff, sign=True)} "
+            f"(95 % CI {ci_text}, {n_text}); {tail}"
         )
         return Evaluation(claim, verdict, test, p, diff.diff, (lo, hi), diff.cohen_d, sentence, b_label)
 
     # beats [by at least d]: "better by more than d" in the metric's direction.
-    d = claim.margin
-    if s > 0:
-        p, p_opp = diff.p_greater(d), diff.p_less(d)
-    else:
-        p, p_opp = diff.p_less(-d), diff.p_greater(-d)
+    p, p_opp = (diff.p_greater(d), diff.p_less(d)) if s > 0 else (diff.p_less(-d), diff.p_greater(-d))
     verdict = _decide(p, p_opp, alpha)
-    kind = "one-sample t-test" if one_sample else "Welch's t-test"
-    test = f"{kind}, one-sided" + (f", margin {fmt(d)}" if d else "")
-    better = "higher" if s > 0 else "lower"
-    worse = "lower" if s > 0 else "higher"
-    where_b = b_label if one_sample else f"{b_label}'s ({fmt(mean_b)})"
+    test = ("one-sample t-test" if one_sample else "Welch's t-test") + ", one-sided"
+    test += f", margin {fmt(d)}" if d else ""
+    better, worse = ("higher", "lower") if s > 0 else ("lower", "higher")
     if fmt(diff.diff, sign=True) in ("+0.0000", "−0.0000"):  # not "lower than" an equal-looking mean
         relation = "the same (to four decimals) as"
     else:
-        relation = f"{better} than" if s * diff.diff > 0 else f"{worse} than"
-    numbers = (
-        f"{claim.a}'s mean {name} ({fmt(diff.mean_a)}) is {relation} "
-        f"{where_b}: difference {fmt(diff.diff, sign=True)}, 95 % CI "
-        f"[{fmt(lo, sign=True)}, {fmt(hi, sign=True)}] ({n_text})"
-    )
-    target = f"by at least {fmt(d)}" if d else ""
+        relation = f"{better if s * diff.diff > 0 else worse} than"
+    where_b = b_label if one_sample else f"{b_label}'s ({fmt(diff.mean_b)})"
     if verdict == "supported":
         tail = f"one-sided {peq(p)}" + (f" for a margin above {fmt(d)}" if d else "") + "."
-    elif verdict == "not supported":
-        if d and s * diff.diff > 0:
-            tail = (
-                f"the margin is significantly smaller than the claimed {fmt(d)} (one-sided "
-                f"{peq(p_opp)}), so the claim fails."
-            )
-        else:
-            tail = f"the opposite direction is significant (one-sided {peq(p_opp)}), so the claim fails."
-    else:
+    elif verdict == "not supported" and d and s * diff.diff > 0:
         tail = (
-            f"one-sided {peq(p)}; these seeds cannot tell whether {claim.a} is {better} {target}".rstrip()
-            + "."
+            f"the margin is significantly smaller than the claimed {fmt(d)} (one-sided "
+            f"{peq(p_opp)}), so the claim fails."
         )
-    return Evaluation(
-        claim, verdict, test, p, diff.diff, (lo, hi), diff.cohen_d, f"{numbers}; {tail}", b_label
+    elif verdict == "not supported":
+        tail = f"the opposite direction is significant (one-sided {peq(p_opp)}), so the claim fails."
+    else:
+        target = f" by at least {fmt(d)}" if d else ""
+        tail = f"one-sided {peq(p)}; these seeds cannot tell whether {claim.a} is {better}{target}."
+    sentence = (
+        f"{claim.a}'s mean {metric.name} ({fmt(diff.mean_a)}) is {relation} {where_b}: difference "
+        f"{fmt(diff.diff, sign=True)}, 95 % CI {ci_text} ({n_text}); {tail}"
     )
+    return Evaluation(claim, verdict, test, p, diff.diff, (lo, hi), diff.cohen_d, sentence, b_label)
 
 
 def _extreme(
     claim: Claim, samples: Mapping[str, Sequence[float]], metric: Metric, alpha: float
 ) -> Evaluation:
     best = claim.kind == "best"
-    a = [v for v in samples.get(claim.a, []) if math.isfinite(v)]
-    rivals = {k: [v for v in vs if math.isfinite(v)] for k, vs in samples.items() if k != claim.a}
+    a = _finite(samples.get(claim.a, []))
+    rivals = {k: _finite(vs) for k, vs in samples.items() if k != claim.a}
     counts = [len(a)] + [len(v) for v in rivals.values()]
-    n_text = (
-        f"n = {min(counts)}"
-        + ("" if min(counts) == max(counts) else f"-{max(counts)}")
-        + " seeds per variant"
-    )
+    spread = "" if min(counts) == max(counts) else f"-{max(counts)}"
+    n_text = f"n = {min(counts)}{spread} seeds per variant"
     if min(counts) < 2:
         return _too_few(claim, n_text)
     s = metric.sign if best else -metric.sign  # +1: A should have the larger values
@@ -291,28 +235,19 @@ def _extreme(
         results[rival] = (diff, p, p_opp)
     k = len(rivals)
     p_max = max(r[1] for r in results.values())
-    p_opp_min = min(r[2] for r in results.values())
-    if p_max < alpha:
-        verdict: Verdict = "supported"
-    elif p_opp_min < alpha / k:
+    # Intersection-union: every rival beaten at alpha; refuted by any rival at alpha / k (Bonferroni).
+    verdict: Verdict = "supported" if p_max < alpha else "inconclusive"
+    if verdict != "supported" and min(r[2] for r in results.values()) < alpha / k:
         verdict = "not supported"
-    else:
-        verdict = "inconclusive"
     # Report against the closest rival: the one whose mean is nearest A's from the claimed side.
     closest = max(results, key=lambda r: s * results[r][0].mean_b)
     diff = results[closest][0]
     lo, hi = diff.ci(1 - alpha)
     word = "best" if best else "worst"
-    order = sorted(samples, key=lambda v: -metric.sign * mean_sd(samples[v])[0])
-    rank = order.index(claim.a) + 1
+    rank = sorted(samples, key=lambda v: -metric.sign * mean_sd(samples[v])[0]).index(claim.a) + 1
     test = (
         f"Welch's t-test, one-sided, against each of the {k} other variants "
         f"(intersection-union; Bonferroni α/{k} for the opposite direction)"
-    )
-    numbers = (
-        f"{claim.a} ranks {rank} of {k + 1} on mean {metric.name} ({fmt(diff.mean_a)}); against "
-        f"{closest} ({fmt(diff.mean_b)}) the difference is {fmt(diff.diff, sign=True)}, 95 % CI "
-        f"[{fmt(lo, sign=True)}, {fmt(hi, sign=True)}] ({n_text})"
     )
     if verdict == "supported":
         tail = f"every one-sided test has p < {alpha:g} (largest {peq(p_max)}), so it is the {word}."
@@ -324,9 +259,12 @@ def _extreme(
         )
     else:
         tail = f"the weakest comparison has {peq(p_max)}; these seeds cannot tell whether it is the {word}."
-    return Evaluation(
-        claim, verdict, test, p_max, diff.diff, (lo, hi), diff.cohen_d, f"{numbers}; {tail}", closest
+    sentence = (
+        f"{claim.a} ranks {rank} of {k + 1} on mean {metric.name} ({fmt(diff.mean_a)}); against "
+        f"{closest} ({fmt(diff.mean_b)}) the difference is {fmt(diff.diff, sign=True)}, 95 % CI "
+        f"[{fmt(lo, sign=True)}, {fmt(hi, sign=True)}] ({n_text}); {tail}"
     )
+    return Evaluation(claim, verdict, test, p_max, diff.diff, (lo, hi), diff.cohen_d, sentence, closest)
 
 
 def _between(claim: Claim, a: Sequence[float], name: str, alpha: float) -> Evaluation:
@@ -339,71 +277,40 @@ def _between(claim: Claim, a: Sequence[float], name: str, alpha: float) -> Evalu
     p_out = min(low.p_less(), high.p_greater())
     verdict = _decide(p, p_out, alpha)
     ci = mean_ci(a, 1 - alpha)
-    test = "two one-sided one-sample t-tests against the bounds"
-    numbers = f"{claim.a}'s mean {name} is {fmt(ci.mean)} (95 % CI [{fmt(ci.low)}, {fmt(ci.high)}], {n_text})"
+    bounds = f"[{fmt(claim.low)}, {fmt(claim.high)}]"
     tail = {
-        "supported": f"both bounds are cleared significantly ({peq(p)}), so it lies in "
-        f"[{fmt(claim.low)}, {fmt(claim.high)}].",
-        "not supported": f"it lies significantly outside [{fmt(claim.low)}, {fmt(claim.high)}] "
-        f"({peq(p_out)}).",
-        "inconclusive": f"these seeds cannot tell whether it lies in [{fmt(claim.low)}, {fmt(claim.high)}] "
-        f"({peq(p)}).",
+        "supported": f"both bounds are cleared significantly ({peq(p)}), so it lies in {bounds}.",
+        "not supported": f"it lies significantly outside {bounds} ({peq(p_out)}).",
+        "inconclusive": f"these seeds cannot tell whether it lies in {bounds} ({peq(p)}).",
     }[verdict]
-    return Evaluation(
-        claim,
-        verdict,
-        test,
-        p,
-        ci.mean,
-        (ci.low, ci.high),
-        math.nan,
-        f"{numbers}; {tail}",
-        f"[{fmt(claim.low)}, {fmt(claim.high)}]",
-    )
+    numbers = f"{fmt(ci.mean)} (95 % CI [{fmt(ci.low)}, {fmt(ci.high)}], {n_text})"
+    sentence = f"{claim.a}'s mean {name} is {numbers}; {tail}"
+    test = "two one-sided one-sample t-tests against the bounds"
+    return Evaluation(claim, verdict, test, p, ci.mean, (ci.low, ci.high), math.nan, sentence, bounds)
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
 
 
 def _decide(p_claim: float, p_against: float, alpha: float) -> Verdict:
     if p_claim < alpha:
         return "supported"
-    if p_against < alpha:
-        return "not supported"
-    return "inconclusive"
-
-
-# The test of a claim that could not be tested: a variant has fewer than 2 finished seeds.
-NOT_TESTED = "none (fewer than 2 finished seeds)"
+    return "not supported" if p_against < alpha else "inconclusive"
 
 
 def _too_few(claim: Claim, n_text: str) -> Evaluation:
+    sentence = f"Not tested: a t-test needs at least 2 seeds per variant ({n_text})."
     return Evaluation(
-        claim,
-        "inconclusive",
-        NOT_TESTED,
-        math.nan,
-        math.nan,
-        (math.nan, math.nan),
-        math.nan,
-        f"Not tested: a t-test needs at least 2 seeds per variant ({n_text}).",
+        claim, "inconclusive", NOT_TESTED, math.nan, math.nan, (math.nan, math.nan), math.nan, sentence
     )
 
 
-def _n_text(a: Sequence[float], b: Sequence[float] | float) -> str:
-    if isinstance(b, float) or len(a) == len(b):
-        return f"n = {len(a)} seeds" + ("" if isinstance(b, float) else " each")
-    return f"n = {len(a)} and {len(b)} seeds"
-
-
-def fmt(value: float, sign: bool = False) -> str:
+def fmt(value: float | None, sign: bool = False) -> str:
+    """Four decimals with a true minus sign; '–' for a missing value, '±∞' for an infinite one."""
     if value is None or not math.isfinite(value):
         return "–" if value is None or math.isnan(value) else ("+∞" if value > 0 else "−∞")
-    text = f"{value:+.4f}" if sign else f"{value:.4f}"
-    return text.replace("-", "−")
-
-
-def peq(p: float) -> str:
-    """'p = 0.0123' or 'p < 0.0001'."""
-    text = fmt_p(p)
-    return f"p {text}" if text.startswith("<") else f"p = {text}"
+    return (f"{value:+.4f}" if sign else f"{value:.4f}").replace("-", "−")
 
 
 def fmt_p(p: float) -> str:
@@ -412,7 +319,14 @@ def fmt_p(p: float) -> str:
     return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
+def peq(p: float) -> str:
+    """'p = 0.0123' or 'p < 0.0001'."""
+    text = fmt_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def rule_lines() -> list[str]:
+    """The decision rule, as every report states it."""
     return [
         f"Each claim is tested on its own at α = {ALPHA} (no correction across claims). p (claim) is the "
         "one-sided p-value of the claimed direction (the larger of the two one-sided p-values for "
