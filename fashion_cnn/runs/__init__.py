@@ -1,13 +1,7 @@
-"""The run layer: launching runs, the executors that run them, their MLflow records, the progress.
+"""The run layer: what studies and sweeps share, so that they differ only in what they run next.
 
-Studies (:mod:`fashion_cnn.study`) and sweeps (:mod:`fashion_cnn.sweep`) are both "many runs":
-they differ only in how they choose what to run next and how they report. Everything else lives
-here once: :func:`~fashion_cnn.runs.launch.launch` trains one run in this process and returns its
-outcome from the trainer; an executor (:class:`~fashion_cnn.runs.executors.SerialExecutor`, or
-:class:`~fashion_cnn.runs.ray_executor.RayExecutor` on a local Ray or a cluster, with fractional
-GPUs and retries) runs many, chosen by :class:`~fashion_cnn.runs.options.ExecutorOptions`;
-:mod:`~fashion_cnn.runs.records` keeps the MLflow parent and child runs;
-:class:`~fashion_cnn.runs.progress.ConsoleProgress` is the one progress display.
+One launch (:func:`~fashion_cnn.runs.launch.launch`), the executors that run many
+(:class:`~fashion_cnn.runs.options.ExecutorOptions` picks one), their MLflow records and progress.
 """
 
 from __future__ import annotations

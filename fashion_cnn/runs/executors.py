@@ -1,10 +1,8 @@
 """Where runs execute: the executor protocol, and the serial executor (this process, in turn).
 
-An executor takes runs from an iterable, one whenever it has a free slot, so the caller can
-decide the next run from the results so far (a sweep asks Optuna only when a slot frees; a
-study hands over its whole plan). It reports each start and outcome back; it owns no MLflow
-bookkeeping (the caller does that) and no scheduling of its own (Ray does that for
-:class:`~fashion_cnn.runs.ray_executor.RayExecutor`).
+An executor takes runs from an iterable, one whenever it has a free slot, so the caller can decide
+the next run from the results so far (a sweep asks Optuna only when a slot frees). It reports each
+start and outcome back, and owns no MLflow bookkeeping: the caller does that.
 """
 
 from __future__ import annotations
@@ -66,12 +64,8 @@ class SerialExecutor:
 
 
 def describe(executor: Executor) -> str:
-    """Where runs train, in a few words: ``the ray executor, 2 runs at once, 1 torch thread each``."""
-    threads = (
-        f"{executor.threads} torch thread{'s' * (executor.threads != 1)}" if executor.threads else "all cores"
-    )
+    """Where runs train, in a few words: ``the ray executor (2 at once, 1 torch thread each)``."""
+    threads = executor.threads
+    each = f"{threads} torch thread{'s' * (threads != 1)}" if threads else "all cores"
     where = "in this process" if executor.name == "serial" else f"{executor.slots} at once"
-    return f"the {executor.name} executor ({where}, {threads} each)"
-
-
-__all__ = ["Executor", "OnDone", "OnStart", "SerialExecutor", "describe"]
+    return f"the {executor.name} executor ({where}, {each} each)"

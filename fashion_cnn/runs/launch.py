@@ -1,11 +1,7 @@
-"""One run, launched in this process: the unit every executor runs, and ``run_experiment``.
+"""One run, launched in this process: the unit every executor runs; and ``run_experiment``.
 
-:func:`launch` takes a :class:`RunSpec` (plain data, so it pickles to a Ray worker unchanged),
-writes the run's config next to its log, trains (or tests) through the real CLI with its console
-output in that log, and returns a :class:`RunOutcome` read from the trainer. A run that fails for
-a reason the user can fix, or that a pruner stopped, is an outcome, not an exception: the caller
-decides whether that stops everything (a study) or only that trial (a sweep). Ctrl+C and SIGTERM
-still raise :class:`~fashion_cnn.errors.Interrupted`.
+A run that fails for a reason the user can fix, or that a pruner stopped, is an outcome, not an
+exception: the caller decides whether that stops everything (a study) or one trial (a sweep).
 """
 
 from __future__ import annotations
@@ -137,10 +133,6 @@ def launch(spec: RunSpec) -> RunOutcome:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# The CLI from Python
-
-
 @dataclass
 class RunResult:
     """What :func:`run_experiment` returns: the MLflow run, final metrics, the best checkpoint."""
@@ -209,20 +201,13 @@ def run_experiment(
     return run_in_process([subcommand, *config_args, *as_args(overrides)])
 
 
-# --------------------------------------------------------------------------------------------
-# The process around a run
-
-
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """torch's intra-op threads set to ``threads`` for the block (Ray's CPUs are only logical)."""
-    if threads is None:
-        yield
-        return
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or before)
     try:
         yield
     finally:
@@ -249,6 +234,3 @@ def console_to(stream: IO[str]) -> Iterator[None]:
     finally:
         for handler, previous in switched:
             handler.setStream(previous)
-
-
-__all__ = ["RunOutcome", "RunResult", "RunSpec", "launch", "run_experiment", "run_in_process"]

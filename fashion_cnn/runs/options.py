@@ -1,8 +1,7 @@
-"""Where runs go, as the user says it: the executor options shared by ``study`` and ``sweep``.
+"""The executor options shared by ``study`` and ``sweep``: both add these fields as their own.
 
 :class:`ExecutorOptions` is the one definition of ``--executor``, ``--workers``, ``--run_cpus``,
-``--run_gpus``, ``--ray_address`` and ``--max_retries``: both commands add its fields as their
-own options, so each means the same in both.
+``--run_gpus``, ``--ray_address`` and ``--max_retries``, so each means the same in both commands.
 """
 
 from __future__ import annotations
@@ -68,6 +67,3 @@ class ExecutorOptions:
             run_gpus=self.run_gpus,
             max_retries=self.max_retries,
         )
-
-
-__all__ = ["ExecutorName", "ExecutorOptions"]

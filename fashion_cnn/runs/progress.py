@@ -1,9 +1,4 @@
-"""How a study or sweep tells its user what is happening: a log, or one live progress display.
-
-The runner calls a :class:`Progress`; the library default logs, the console passes a
-:class:`ConsoleProgress` (tqdm): one bar with runs done, (pruned,) running, failed and left and a
-time estimate, and one line above it per finished run with what it measured.
-"""
+"""How a study or sweep tells its user what is happening: a log, or one live progress display."""
 
 from __future__ import annotations
 
@@ -49,10 +44,11 @@ def duration(seconds: float) -> str:
 
 
 class Estimator:
-    """Time left from the runs trained so far: per (study, variant) where one was seen; else the
-    seconds per unit of budget seen so far times the run's budget (or the mean run, without
-    budgets); less what a continued run trained before it was stopped; summed and divided over
-    the runs that go at once.
+    """Time left from the runs trained so far, summed and divided over the runs that go at once.
+
+    A run is estimated by the runs of its (study, variant) seen so far; else by the seconds per
+    unit of budget seen so far times its budget (or the mean run, without budgets); less what a
+    continued run trained before it was stopped.
 
     Args:
         slots: Runs at once.
@@ -103,8 +99,6 @@ class Progress:
         self.done = self.pruned = self.running = self.failed = 0
         self.estimator = Estimator(1)
         self._remaining: list[tuple[tuple[str, str], float]] = []
-
-    # ---- events, in the order they come
 
     def note(self, line: str) -> None:
         """A line of information (the plan, a reused run, a report written)."""
@@ -161,8 +155,6 @@ class Progress:
     def end(self) -> None:
         """Training is over (finished, stopped or interrupted)."""
 
-    # ---- helpers
-
     @property
     def ended(self) -> int:
         return self.done + self.pruned + self.failed
@@ -199,11 +191,10 @@ class ConsoleProgress(Progress):
         self.bar: Any = None
 
     def note(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(f"{self.name}: {line}", file=self.file)
-        else:
-            self.file.write(f"{self.name}: {line}\n")
-            self.file.flush()
+        from tqdm import tqdm
+
+        tqdm.write(f"{self.name}: {line}", file=self.file)  # above the bar, if there is one
+        self.file.flush()
 
     def _open(self) -> None:
         from tqdm import tqdm

@@ -1,13 +1,9 @@
 """Runs as Ray tasks: on a local Ray started for the study or sweep, or on an existing cluster.
 
-Each run is one task declaring ``run_cpus`` CPUs and ``run_gpus`` GPUs (fractions share a GPU);
-Ray places, schedules and retries them (``max_retries`` times when a worker process or node dies;
-a run that fails for a user reason is an outcome, never retried). The task sets torch's threads to its CPUs,
-since Ray's resources are logical and torch would otherwise use every core.
-
-Runs on several machines must log to an MLflow tracking server (and a sweep's trials must share a
-database, not a local journal file): :meth:`RayExecutor.prepare` says so before any run starts
-when the cluster has more than one node.
+Each run is one task of ``run_cpus`` CPUs and ``run_gpus`` GPUs (fractions share a GPU); Ray places,
+schedules and retries it when its worker or node dies (a run that fails for a user reason is an
+outcome, never retried). Runs on several machines must log to an MLflow tracking server and share
+no local file: :meth:`RayExecutor.prepare` says so before any run starts.
 """
 
 from __future__ import annotations
@@ -33,21 +29,11 @@ CONNECT_TIMEOUT_S = 5.0
 # Passed on to every task (MLflow's credentials and artifact store settings among them), so workers
 # on other machines log where the driver would.
 FORWARDED_ENV = (
-    "FASHION_CNN_DATA_DIR",
-    "XDG_CACHE_HOME",
-    "PYTHONPATH",
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_INSECURE_TLS",
-    "MLFLOW_TRACKING_SERVER_CERT_PATH",
-    "MLFLOW_S3_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-    "AZURE_STORAGE_CONNECTION_STRING",
+    *("FASHION_CNN_DATA_DIR", "XDG_CACHE_HOME", "PYTHONPATH"),
+    *("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"),
+    *("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_S3_ENDPOINT_URL"),
+    *("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
+    *("GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_CONNECTION_STRING"),
 )
 
 
@@ -174,8 +160,7 @@ class RayExecutor:
                     "; if the cluster uses Ray's token authentication (the default of `ray start`), "
                     "set RAY_AUTH_MODE=token, with the token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
                 )
-            self.close()
-            raise ExecutorError(
+            raise self._refuse(
                 f"--executor ray: cannot start or join {where}: {str(exc).splitlines()[0]}{hint}"
             ) from None
         self._ray = ray
@@ -183,20 +168,17 @@ class RayExecutor:
         cpus = [float(n["Resources"].get("CPU", 0)) for n in nodes]
         gpus = [float(n["Resources"].get("GPU", 0)) for n in nodes]
         if self.run_cpus > max(cpus, default=0):
-            self.close()
-            raise ExecutorError(
+            raise self._refuse(
                 f"--run_cpus {self.run_cpus}: no node of the cluster has that many CPUs (largest: "
                 f"{max(cpus, default=0):g}); ask for fewer"
             )
         if self.run_gpus > max(gpus, default=0):
-            self.close()
-            raise ExecutorError(
+            raise self._refuse(
                 f"--run_gpus {self.run_gpus:g}: no node of the cluster has that many GPUs (largest: "
                 f"{max(gpus, default=0):g}); ask for fewer, or 0 to train on CPUs"
             )
         if len(nodes) > 1 and not is_server(tracking_uri):
-            self.close()
-            raise ExecutorError(
+            raise self._refuse(
                 f"the Ray cluster has {len(nodes)} nodes, but the runs would log to {tracking_uri}, "
                 "which only this machine can reach. Start an MLflow tracking server (see docs/studies.md, "
                 "'On a cluster') and pass its URL as MLFLOW_TRACKING_URI or "
@@ -204,23 +186,20 @@ class RayExecutor:
             )
         local = [p for p in shared_paths if "://" not in p]
         if len(nodes) > 1 and local:
-            self.close()
-            raise ExecutorError(
+            raise self._refuse(
                 f"the Ray cluster has {len(nodes)} nodes, but the runs would share {local[0]}, a file only "
                 "this machine can reach. Use a database every node reaches, e.g. --storage "
                 "postgresql://user@host/db (docs/sweeps.md)."
             )
         capacity = sum(self._fits(c, g) for c, g in zip(cpus, gpus, strict=True))
         self.slots = max(1, min(self.workers or capacity, capacity))
-        log.info(
-            "Ray: %d node(s), %g CPUs, %g GPUs; %d run(s) at once (%d CPU, %g GPU each)",
-            len(nodes),
-            sum(cpus),
-            sum(gpus),
-            self.slots,
-            self.run_cpus,
-            self.run_gpus,
-        )
+        shape = (len(nodes), sum(cpus), sum(gpus), self.slots, self.run_cpus, self.run_gpus)
+        log.info("Ray: %d node(s), %g CPUs, %g GPUs; %d run(s) at once (%d CPU, %g GPU each)", *shape)
+
+    def _refuse(self, message: str) -> ExecutorError:
+        """The error to raise when Ray cannot run the runs as configured, after leaving Ray."""
+        self.close()
+        return ExecutorError(message)
 
     def _fits(self, cpus: float, gpus: float) -> int:
         by_cpu = math.floor(cpus / self.run_cpus)
@@ -240,18 +219,13 @@ class RayExecutor:
         queue = iter(runs)
         pending: dict[Any, RunSpec] = {}
         stop = _SignalFlag()
-        exhausted = False
         try:
-            while not exhausted or pending:
+            while True:
                 if stop.name is not None:
                     raise Interrupted(f"stopped by {stop.name}", stop.name)
                 # Keep at most `slots` tasks in flight, so "running" means running, not queued; the
                 # next run is asked for only now, so it can depend on the outcomes so far.
-                while not exhausted and len(pending) < self.slots:
-                    spec = next(queue, None)
-                    if spec is None:
-                        exhausted = True
-                        break
+                while len(pending) < self.slots and (spec := next(queue, None)) is not None:
                     pending[task.remote(spec)] = spec
                     on_start(spec)
                 if not pending:

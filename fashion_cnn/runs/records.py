@@ -1,17 +1,15 @@
-"""The MLflow records of many runs: a parent run, its children, orphans, copies and resumes.
+"""The MLflow records of many runs: a parent run, its children, copies and resumes.
 
-Studies and sweeps record themselves the same way: one parent run per study or sweep and one child
-per run, linked through MLflow's ``mlflow.parentRunId`` tag, which the UI nests on and which works
-across processes and machines. Only the driver writes the parent; each child is written by its run
-(through :class:`~fashion_cnn.tracking.MLflowLogger`), wherever it trains, and ended by the driver
-when its process died.
+One parent run per study or sweep and one child per run, linked through MLflow's
+``mlflow.parentRunId`` tag, which the UI nests on and which works across processes and machines.
+Only the driver writes the parent; each child is written by its run, wherever it trains.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -66,8 +64,7 @@ def open_parent(
 
 
 def close_parent(client: Any, run_id: str | None, status: str) -> None:
-    """End the parent run with ``status``; the store may be what failed, so a failure here is
-    logged and the original error kept."""
+    """End the parent run with ``status``; a failure here is logged and the original error kept."""
     if run_id is None:
         return
     try:
@@ -85,53 +82,28 @@ def children(client: Any, parent_id: str, role_filter: str, status: str | None =
     return search(client, experiment_id, filter_string)
 
 
-def end_orphans(
-    client: Any,
-    parent_id: str,
-    role_filter: str,
-    status: str,
-    match: Callable[[Any], bool] = lambda run: True,
-    keep: str | None = None,
-) -> list[str]:
-    """Mark the RUNNING children that ``match`` (except ``keep``) ``status``; returns their ids.
-
-    A run whose process died (a killed Ray worker, a cancelled task) cannot end its own MLflow run;
-    the driver ends it for it, so no run stays RUNNING.
-    """
-    ended = []
-    for run in children(client, parent_id, role_filter, status="RUNNING"):
-        if run.info.run_id != keep and match(run):
-            client.set_terminated(run.info.run_id, status)
-            ended.append(run.info.run_id)
-    return ended
-
-
 def copy_run(client: Any, source: Any, tags: Mapping[str, str], run_name: str) -> Any:
     """A new run (a child where ``tags`` say so) holding ``source``'s params, metrics and
     histories, with where its results came from kept (checkpoint, executor, machine, timings)."""
     from mlflow.entities import Metric, Param
 
+    kept = (BEST_CHECKPOINT_TAG, TAG_EXECUTOR, TAG_KEPT, TAG_RESUMED_AT)
+    copied = {k: v for k, v in source.data.tags.items() if k in kept or k.startswith("machine.")}
     origin = source.data.tags.get(TAG_REUSED, source.info.run_id)
-    copied = {
-        k: v
-        for k, v in source.data.tags.items()
-        if k in (BEST_CHECKPOINT_TAG, TAG_EXECUTOR, TAG_KEPT, TAG_RESUMED_AT) or k.startswith("machine.")
-    }
-    run = client.create_run(
+    run_id = client.create_run(
         source.info.experiment_id,
         start_time=source.info.start_time,
         tags={**copied, **tags, TAG_REUSED: origin},
         run_name=run_name,
-    )
-    run_id = run.info.run_id
+    ).info.run_id
     params = [Param(k, v) for k, v in source.data.params.items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i : i + 100])
     metrics = [
         Metric(key, m.value, m.timestamp, m.step)
         for key in source.data.metrics
         for m in client.get_metric_history(source.info.run_id, key)
     ]
+    for i in range(0, len(params), 100):  # MLflow's limits per batch
+        client.log_batch(run_id, params=params[i : i + 100])
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
     client.set_terminated(run_id, "FINISHED", end_time=source.info.end_time)
@@ -156,20 +128,3 @@ def run_seconds(run: Any) -> float | None:
     if TAG_RESUMED_AT in tags:
         return float(tags[TAG_KEPT]) + (info.end_time - int(tags[TAG_RESUMED_AT])) / 1000.0
     return (info.end_time - info.start_time) / 1000.0
-
-
-__all__ = [
-    "PARENT_TAG",
-    "TAG_EXECUTOR",
-    "TAG_KEPT",
-    "TAG_RESUMED_AT",
-    "TAG_REUSED",
-    "children",
-    "close_parent",
-    "copy_run",
-    "end_orphans",
-    "mark_resumed",
-    "open_parent",
-    "run_seconds",
-    "search",
-]

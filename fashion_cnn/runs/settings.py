@@ -1,9 +1,4 @@
-"""A run's config as plain data: dotted overrides, CLI arguments, and the hash of what it computes.
-
-Studies and sweeps both resolve configs through the CLI's parser
-(:class:`~fashion_cnn.lightning_cli.ConfigResolver`) and then work on the result as plain nested
-dicts; these helpers are the shared vocabulary for that.
-"""
+"""A run's config as plain data: dotted overrides, CLI arguments, the hash of what it computes."""
 
 from __future__ import annotations
 
@@ -51,24 +46,19 @@ def plain(value: Any) -> Any:
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    if isinstance(tree, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
+    if not isinstance(tree, Mapping):
+        return {prefix[:-1]: tree}
+    return {k: v for key, value in tree.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     """``tree["model"]["lr"] = value`` for ``key`` ``model.lr`` (missing levels created)."""
     *path, last = key.split(".")
-    node = tree
     for part in path:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[last] = value
+        if not isinstance(tree.get(part), dict):
+            tree[part] = {}
+        tree = tree[part]
+    tree[last] = value
 
 
 def digest(tree: Any) -> str:
@@ -86,36 +76,28 @@ def canonical(resolved: Mapping[str, Any]) -> dict[str, Any]:
     """A resolved config in the form run hashes were computed from before networks, optimisers and
     data became class paths.
 
-    Configs name the network, optimiser, scheduler and data by class path now
-    (``model.net: {class_path, init_args}``). A config the old flat settings could express (the
-    journal's network, Adam/AdamW/SGD, ReduceLROnPlateau/OneCycleLR/cosine/none, Fashion-MNIST) is
-    hashed in that old form, so its hash, and the finished runs (and sweep settings) a rerun finds
-    by it, stay the same (tests/test_study_run.py pins the shipped study hashes). Anything new
-    (another network or optimiser, skip connections, another DataModule) is hashed as written.
+    A config the old flat settings could express (the journal's network, Adam/AdamW/SGD,
+    ReduceLROnPlateau/OneCycleLR/cosine/none, Fashion-MNIST) is hashed in that old form, so its
+    hash, and the finished runs (and sweep settings) a rerun finds by it, stay the same
+    (tests/test_study_run.py pins the shipped study hashes). Anything new is hashed as written.
     """
-    from fashion_cnn.legacy import to_flat
-
-    tree = dict(resolved)
-    model = tree.get("model")
-    if isinstance(model, Mapping):
-        old = to_flat(model)
-        if old is not None:
-            tree["model"] = old
-    data = tree.get("data")
-    if isinstance(data, Mapping) and _is_fashion_mnist(data.get("class_path")):
-        tree["data"] = dict(data.get("init_args") or {})
-    return tree
-
-
-def _is_fashion_mnist(class_path: Any) -> bool:
     from fashion_cnn.components import import_class
     from fashion_cnn.data import FashionMNISTDataModule
     from fashion_cnn.errors import ConfigError
+    from fashion_cnn.legacy import to_flat
 
-    try:
-        return import_class(str(class_path)) is FashionMNISTDataModule
-    except ConfigError:
-        return False
+    tree = dict(resolved)
+    model, data = tree.get("model"), tree.get("data")
+    if isinstance(model, Mapping) and (old := to_flat(model)) is not None:
+        tree["model"] = old
+    if isinstance(data, Mapping):
+        try:
+            fashion_mnist = import_class(str(data.get("class_path"))) is FashionMNISTDataModule
+        except ConfigError:
+            fashion_mnist = False
+        if fashion_mnist:
+            tree["data"] = dict(data.get("init_args") or {})
+    return tree
 
 
 def typed(
@@ -167,12 +149,9 @@ def typed(
         message = " ".join(str(exc).split())
         match = re.match(r'Parser key "([^"]+)":\s*(.*)', message)
         key, text = (match.group(1), match.group(2)) if match else ("", message)
-        # A union's report ("Does not validate against any of the Union subtypes ...") as
-        # "expected float, got 'abc'".
-        given, expected = (
-            re.search(r"Given value: (.*)$", text),
-            re.search(r"Expected a <class '(\w+)'>", text),
-        )
+        # A union's report ("Does not validate against any of the Union subtypes ...") shortened.
+        given = re.search(r"Given value: (.*)$", text)
+        expected = re.search(r"Expected a <class '(\w+)'>", text)
         if shorten and given and expected:
             text = f"expected {expected.group(1)}, got {given.group(1)!r}"
         fix = (fixes or {}).get(key.split(".")[0])
@@ -219,18 +198,3 @@ def command_line(
         else:
             words += [f"--{name}", word(value)]
     return shlex.join(words)
-
-
-__all__ = [
-    "NOT_HASHED",
-    "as_args",
-    "canonical",
-    "command_line",
-    "defaults_of",
-    "digest",
-    "flatten",
-    "hashable",
-    "plain",
-    "set_dotted",
-    "typed",
-]

@@ -1,11 +1,8 @@
 """Hypothesis studies: a journal claim re-run over variants x seeds, with verdicts from real statistics.
 
-``fashion-cnn study configs/studies/dropout.yaml`` (or :func:`run_studies`) reads a study file
-(:mod:`~fashion_cnn.study.spec`), resolves and hashes every variant (:mod:`~fashion_cnn.study.plan`),
-trains what is missing as MLflow child runs of one parent (:mod:`~fashion_cnn.study.runner`, on an
-executor of the run layer :mod:`fashion_cnn.runs`: serial or Ray), and writes a report that marks
-every expected outcome (:mod:`~fashion_cnn.study.claims`) supported, not supported or inconclusive
-by a stated test (:mod:`~fashion_cnn.study.verdicts`, :mod:`~fashion_cnn.study.report`).
+A study file (:mod:`~fashion_cnn.study.spec`) is planned and hashed (:mod:`~fashion_cnn.study.plan`),
+its missing runs trained on the run layer (:func:`run_studies`), and every expected outcome judged by
+a stated test (:mod:`~fashion_cnn.study.claims`, :mod:`~fashion_cnn.study.verdicts`).
 """
 
 from __future__ import annotations

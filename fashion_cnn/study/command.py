@@ -70,7 +70,7 @@ def study(
     from fashion_cnn.study.runner import run_studies
     from fashion_cnn.study.spec import parse_seeds
 
-    groups = {"model": model, "data": data, "trainer": trainer, "checkpoint": checkpoint}
+    groups = {k: given[k] for k in GROUPS}
     overrides = as_args(run_overrides(groups))
     chosen = parse_seeds(seeds, "--seeds") if seeds is not None else None
     executor = run.build()
@@ -82,7 +82,7 @@ def study(
     # The command that trains these runs, canonical: files, then every option that is not its
     # default (--report_only and --dry_run left out: they train nothing).
     trains = {k: v for k, v in given.items() if k not in ("report_only", "dry_run", *GROUPS)}
-    trains = {**trains, **dataclasses.asdict(run), **{k: given[k] for k in GROUPS}}
+    trains = {**trains, **dataclasses.asdict(run), **groups}
     command = command_line("study", studies, trains, defaults_of(ExecutorOptions, study), GROUPS)
     run_studies(
         studies,
@@ -102,6 +102,3 @@ def study(
         max_seeds=max_seeds,
     )
     return 0
-
-
-__all__ = ["study"]

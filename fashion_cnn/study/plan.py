@@ -1,9 +1,8 @@
 """Planning a study: each variant's resolved config, the hash that identifies its runs, what is left.
 
-Every variant's config is resolved through the CLI's own parser (:class:`ConfigResolver`) before
-the first run starts, so a typo in the last variant does not surface hours in. The study hash covers
-what the runs compute (the resolved configs less the settings that only name or place runs), so a
-rerun of the same command finds its parent run and runs only what is missing.
+Every variant is resolved through the CLI's own parser before the first run starts, so a typo in the
+last variant does not surface hours in. The study hash covers what the runs compute, so a rerun of
+the same command finds its parent run and runs only what is missing.
 """
 
 from __future__ import annotations
@@ -68,6 +67,21 @@ class StudyPlan:
         new = list(range(max(have) + 1, max(have) + 1 + count - len(have)))
         self.added[variant] = [*self.added.get(variant, []), *new]
         return new
+
+    def samples(self) -> dict[str, dict[str, list[float]]]:
+        """metric -> variant -> its finished seeds' values."""
+        return {
+            m.name: {
+                vp.variant.name: [
+                    float(run.data.metrics[m.name])
+                    for seed in self.seeds_of(vp.variant.name)
+                    if (run := self.finished.get((vp.variant.name, seed))) is not None
+                    and m.name in run.data.metrics
+                ]
+                for vp in self.variants
+            }
+            for m in self.study.metrics
+        }
 
     @property
     def todo(self) -> list[tuple[VariantPlan, int]]:
@@ -184,12 +198,6 @@ def _resolve(
         ) from None
 
 
-def data_settings(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """The DataModule's settings of a resolved config (its init_args, or the flat old form)."""
-    data = resolved.get("data") or {}
-    return dict(data.get("init_args") or {}) if "class_path" in data else dict(data)
-
-
 def identical_variants(plan: StudyPlan) -> list[list[str]]:
     """Groups of variants whose resolved configs are the same (only seeds tell them apart)."""
     groups: dict[str, list[str]] = {}
@@ -206,12 +214,12 @@ def describe_plan(plan: StudyPlan) -> list[str]:
         f"{plan.parent_id or '(new)'}, output {plan.output}"
     ]
     for vp in plan.variants:
-        left = [s for s in plan.seeds_of(vp.variant.name) if (vp.variant.name, s) not in plan.finished]
+        left = [s for v, s in plan.todo if v is vp]
         config = vp.config.name if vp.config else "defaults"
         extra = " ".join(as_args(vp.variant.overrides))
+        left = left or "none"
         lines.append(
-            f"  {vp.variant.name}: {config} {extra} ({vp.num_params:,} params); "
-            f"seeds to run: {left or 'none'}"
+            f"  {vp.variant.name}: {config} {extra} ({vp.num_params:,} params); seeds to run: {left}"
         )
     return lines
 
@@ -222,7 +230,8 @@ TRAIN_IMAGES = 60_000
 
 def images_per_run(resolved: Mapping[str, Any]) -> tuple[Any, int, int, int]:
     """(epochs, training images seen, validation images per epoch, test images) of one run."""
-    trainer, data = resolved.get("trainer") or {}, data_settings(resolved)
+    trainer, data = resolved.get("trainer") or {}, resolved.get("data") or {}
+    data = data.get("init_args") or {} if "class_path" in data else data  # or the flat old form
     batch, val = int(data.get("batch_size") or 64), int(data.get("val_size") or 0)
     eval_batch = int(data.get("eval_batch_size") or max(batch, 256))
 

@@ -1,10 +1,9 @@
 """Running studies: plan everything, reuse what is done, hand the rest to an executor, report.
 
-:func:`run_studies` is the whole life of ``fashion-cnn study``. Every study file is loaded and every
-variant resolved before the first run starts. Finished runs of the same study (same hash) are kept;
-a finished run of any study with the same resolved config and seed is copied instead of trained;
-identical runs in one invocation train once. The run layer's executor (serial or Ray) trains the
-rest; the runner does all MLflow bookkeeping, so the records are the same whichever executor ran.
+Every study file is loaded and every variant resolved before the first run starts. Finished runs
+of the same study (same hash) are kept; a finished run of any study with the same resolved config
+and seed is copied instead of trained; identical runs in one invocation train once. The runner does
+all MLflow bookkeeping, so the records are the same whichever executor trained the runs.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fashion_cnn.errors import ExecutorError, Interrupted, RunFailed, StudyError, UserError, sigterm_raises
+from fashion_cnn.errors import Interrupted, RunFailed, StudyError, sigterm_raises
 from fashion_cnn.lightning_cli import ConfigResolver
 from fashion_cnn.runs import records
 from fashion_cnn.runs.executors import Executor, SerialExecutor, describe
@@ -40,16 +39,18 @@ from fashion_cnn.ui import show_hint
 
 log = logging.getLogger(__name__)
 
+Slot = tuple[StudyPlan, VariantPlan, int]  # (study, variant, seed): one run's place in a study
+
 
 @dataclass
 class _Job:
-    """A run to train and the other (study, variant, seed) slots its result fills."""
+    """A run to train, its slot, and the other slots its result fills."""
 
     run: RunSpec
     plan: StudyPlan
     vp: VariantPlan
     seed: int
-    followers: list[tuple[StudyPlan, VariantPlan, int]] = field(default_factory=list)
+    followers: list[Slot] = field(default_factory=list)
 
     @property
     def budget(self) -> int:
@@ -79,7 +80,7 @@ def run_studies(
     resolver: ConfigResolver | None = None,
     max_seeds: int | None = None,
 ) -> list[StudyPlan]:
-    """Plan, run (what is missing) and report one or more studies.
+    """Plan, run (what is missing) and report one or more studies: all of ``fashion-cnn study``.
 
     Args:
         paths: Study files (paths, or packaged names such as ``studies/dropout``).
@@ -137,7 +138,8 @@ def run_studies(
     schedules = _schedules(plans, max_seeds)  # bad --max_seeds: refused before any run
     clients: dict[str, Any] = {}
     for plan in plans:
-        if dry_run and not _store_exists(plan.tracking_uri):
+        db = sqlite_file(plan.tracking_uri)
+        if dry_run and db is not None and not db.is_file():
             continue  # a dry run creates no database
         if plan.tracking_uri not in clients:
             prepare_store(plan.tracking_uri, experiment)
@@ -145,16 +147,14 @@ def run_studies(
         store.find_runs(plan, clients[plan.tracking_uri])
         if schedules:  # a rerun goes on from the block where it stopped
             _grow(plan, schedules[plan.study.name], progress, until_missing=True)
-    total = sum(p.total for p in plans)
-    todo = sum(len(p.todo) for p in plans)
+    total, todo = sum(p.total for p in plans), sum(len(p.todo) for p in plans)
     progress.note(
         f"{len(plans)} stud{'y' if len(plans) == 1 else 'ies'}, {total} runs planned, "
         f"{total - todo} already finished, {todo} to run" + (" (dry run)" if dry_run else "")
     )
     if dry_run:
-        for plan in plans:
-            for line in describe_plan(plan):
-                progress.note(line)
+        for line in (line for plan in plans for line in describe_plan(plan)):
+            progress.note(line)
         for name, schedule in schedules.items():
             levels = ", ".join(f"{a:.2g}" for a in schedule.nominal)
             progress.note(
@@ -164,9 +164,9 @@ def run_studies(
         return plans
     if not report_only and todo:
         executor.prepare(next(p for p in plans if p.todo).tracking_uri)
-        stores = sorted({p.tracking_uri for p in plans})
         progress.note(
-            f"runs train on {describe(executor)}; MLflow experiment {experiment} in {', '.join(stores)}; "
+            f"runs train on {describe(executor)}; MLflow experiment {experiment} in "
+            f"{', '.join(sorted({p.tracking_uri for p in plans}))}; "
             f"reports in {', '.join(str(p.output) for p in plans)}"
         )
         try:
@@ -182,17 +182,14 @@ def run_studies(
         client = clients[plan.tracking_uri]
         if plan.parent_id is not None:
             store.find_runs(plan, client)
-        schedule = schedules.get(plan.study.name)
-        all_results.append((plan, collect_results(plan, client, max_seeds, schedule)))
+        all_results.append((plan, collect_results(plan, client, max_seeds, schedules.get(plan.study.name))))
         if plan.parent_id is None:
             progress.note(f"[{plan.study.name}] no runs yet; nothing to report")
             continue
         report = write_report(plan, client, all_results[-1][1])
         progress.note(f"[{plan.study.name}] report written to {report}")
-        experiment_id = client.get_run(plan.parent_id).info.experiment_id
-        progress.note(
-            f"[{plan.study.name}] see its runs: {show_hint(plan.tracking_uri, experiment_id, plan.parent_id)}"
-        )
+        hint = show_hint(plan.tracking_uri, client.get_run(plan.parent_id).info.experiment_id, plan.parent_id)
+        progress.note(f"[{plan.study.name}] see its runs: {hint}")
     if combined_report is not None:
         path = write_combined_report(all_results, combined_report, command, comparison, rebuilt=report_only)
         progress.note(f"combined report written to {path}")
@@ -253,15 +250,15 @@ def _jobs(
         client = clients[plan.tracking_uri]
         attempts = store.children(client, plan)  # once per study: where unfinished runs can resume
         for vp, seed in plan.todo:
-            name = vp.variant.name
+            where = f"[{plan.study.name}] {vp.variant.name} seed {seed}"
             source = store.reusable_run(client, plan, vp, seed) if reuse else None
             if source is not None:
-                _fill(plan, vp, seed, source, client)
-                origin = source.data.tags.get(records.TAG_REUSED, source.info.run_id)
+                _fill((plan, vp, seed), source, client)
+                tags = source.data.tags
                 progress.note(
-                    f"[{plan.study.name}] {name} seed {seed}: same config and seed as finished run {origin} "
-                    f"({source.data.tags.get(store.TAG_STUDY)}/{source.data.tags.get(store.TAG_VARIANT)}); "
-                    "reused its results"
+                    f"{where}: same config and seed as finished run "
+                    f"{tags.get(records.TAG_REUSED, source.info.run_id)} "
+                    f"({tags.get(store.TAG_STUDY)}/{tags.get(store.TAG_VARIANT)}); reused its results"
                 )
                 continue
             key = (vp.config_hash, seed)
@@ -271,10 +268,9 @@ def _jobs(
             resume = store.resume_point(attempts, plan, vp, seed)
             if resume is not None:
                 progress.note(
-                    f"[{plan.study.name}] {name} seed {seed}: continues run {resume.run_id} from its last "
-                    f"full epoch ({resume.checkpoint})"
+                    f"{where}: continues run {resume.run_id} from its last full epoch ({resume.checkpoint})"
                 )
-            jobs[key if reuse else (f"{plan.study.name}/{name}", seed)] = _Job(
+            jobs[key if reuse else (f"{plan.study.name}/{vp.variant.name}", seed)] = _Job(
                 _run(plan, vp, seed, executor, resume), plan, vp, seed
             )
     ordered = list(jobs.values())
@@ -290,10 +286,9 @@ def _run(
 ) -> RunSpec:
     """The run's full config: the resolved variant with its seed, name, tags and tracking set, and
     the checkpoint to go on from when an earlier attempt left one."""
-    config = {k: v for k, v in vp.resolved.items() if k != "config"}
     run_name = f"{plan.study.name}-{vp.variant.name}"
-    config["seed_everything"] = seed
-    config["run_name"] = run_name
+    config = {k: v for k, v in vp.resolved.items() if k != "config"}
+    config |= {"seed_everything": seed, "run_name": run_name}
     if resume is not None:
         config["ckpt_path"] = resume.checkpoint  # fit continues the checkpoint's own MLflow run
     logger = dict(config["trainer"]["logger"])
@@ -304,16 +299,13 @@ def _run(
         "tags": {**store.trial_tags(plan, vp, seed), records.TAG_EXECUTOR: executor.name},
     }
     config["trainer"] = {**config["trainer"], "logger": logger}
-    log_file = plan.output / "logs" / f"{run_name}-seed{seed}.log"
-    resumes = None if resume is None else (resume.run_id, resume.kept_s)
-    label = f"[{plan.study.name}] {vp.variant.name} seed {seed}"
     return RunSpec(
-        (plan.study.name, vp.variant.name, seed),
-        label,
-        config,
-        str(log_file),
-        executor.threads,
-        resumes=resumes,
+        key=(plan.study.name, vp.variant.name, seed),
+        label=f"[{plan.study.name}] {vp.variant.name} seed {seed}",
+        config=config,
+        log_file=str(plan.output / "logs" / f"{run_name}-seed{seed}.log"),
+        threads=executor.threads,
+        resumes=None if resume is None else (resume.run_id, resume.kept_s),
     )
 
 
@@ -323,35 +315,31 @@ def _finished(job: _Job, result: RunOutcome, clients: Mapping[str, Any], progres
     client = clients[plan.tracking_uri]
     # Attempts of this run whose process died (a killed Ray worker) never ended their run.
     store.end_running_children(client, plan, "FAILED", vp.variant.name, seed, keep=result.run_id)
-    run = client.get_run(result.run_id)
-    plan.finished[(vp.variant.name, seed)] = run
-    for other_plan, other_vp, other_seed in job.followers:
-        _fill(other_plan, other_vp, other_seed, run, clients[other_plan.tracking_uri])
+    run = plan.finished[(vp.variant.name, seed)] = client.get_run(result.run_id)
+    for slot in job.followers:
+        _fill(slot, run, clients[slot[0].tracking_uri])
     metrics = "  ".join(
         f"{m.name} {run.data.metrics[m.name]:.4f}" for m in plan.study.metrics if m.name in run.data.metrics
     )
     progress.finished((plan.study.name, vp.variant.name), job.run.label, result.wall_s, metrics, job.kept_s)
 
 
-def _fill(plan: StudyPlan, vp: VariantPlan, seed: int, source: Any, client: Any) -> None:
+def _fill(slot: Slot, source: Any, client: Any) -> None:
     """Fill (plan, variant, seed) with a copy of the finished run ``source``."""
-    tags = store.trial_tags(plan, vp, seed)
-    run = records.copy_run(client, source, tags, f"{plan.study.name}-{vp.variant.name}-seed{seed}")
-    plan.finished[(vp.variant.name, seed)] = run
+    plan, vp, seed = slot
+    name = f"{plan.study.name}-{vp.variant.name}-seed{seed}"
+    plan.finished[(vp.variant.name, seed)] = records.copy_run(client, source, store.trial_tags(*slot), name)
 
 
 def _close(plans: Sequence[StudyPlan], clients: Mapping[str, Any], status: str) -> None:
     """End every parent (and, unless all went well, the children still RUNNING) with ``status``."""
-    for plan in plans:
-        if plan.parent_id is None:
-            continue
+    for plan in (p for p in plans if p.parent_id is not None):
         client = clients[plan.tracking_uri]
         try:
             if status != "FINISHED":
                 store.end_running_children(client, plan, "KILLED" if status == "KILLED" else "FAILED")
-            client.set_terminated(
-                plan.parent_id, status if status != "FINISHED" or not plan.todo else "FAILED"
-            )
+            ended = status if status != "FINISHED" or not plan.todo else "FAILED"
+            client.set_terminated(plan.parent_id, ended)
         except Exception:  # noqa: BLE001 - the store may be what failed; the original error matters
             log.warning("could not mark study %s %s", plan.study.name, status, exc_info=True)
 
@@ -377,19 +365,7 @@ def _grow(plan: StudyPlan, schedule: Any, progress: Progress, until_missing: boo
 
     grew = False
     while True:
-        samples = {
-            m.name: {
-                vp.variant.name: [
-                    float(run.data.metrics[m.name])
-                    for seed in plan.seeds_of(vp.variant.name)
-                    if (run := plan.finished.get((vp.variant.name, seed))) is not None
-                    and m.name in run.data.metrics
-                ]
-                for vp in plan.variants
-            }
-            for m in plan.study.metrics
-        }
-        step = sequential_step(plan.study.claims, samples, plan.study.metrics, schedule)
+        step = sequential_step(plan.study.claims, plan.samples(), plan.study.metrics, schedule)
         added = {v: plan.grow(v, n) for v, n in step.next_seeds.items() if n > len(plan.seeds_of(v))}
         if not added:
             return grew
@@ -403,14 +379,6 @@ def _grow(plan: StudyPlan, schedule: Any, progress: Progress, until_missing: boo
             return grew
 
 
-def _store_exists(uri: str) -> bool:
-    db = sqlite_file(uri)
-    return db is None or db.is_file()
-
-
 def _part_key(part: str) -> tuple[int, str]:
     match = re.match(r"(\d+)(.*)", part)
     return (int(match.group(1)), match.group(2)) if match else (10**9, part)
-
-
-__all__ = ["ExecutorError", "Interrupted", "RunFailed", "UserError", "run_studies"]

@@ -1,10 +1,8 @@
 """The study file: its typed schema, how it is read, and the validated :class:`Study`.
 
-A study file (``configs/studies/*.yaml``; format in ``docs/studies.md``) is parsed by jsonargparse
-into the dataclasses :class:`StudyFile`, :class:`VariantFile` and :class:`ClaimFile`, so a wrong
-type is reported by the parser with its path in the file (``variants[1]: journal: ...``); an
-unknown key gets a did-you-mean from the same schema. What types cannot say (unique names, claims
-that name real variants, configs that exist) is checked next, naming the key and the fix.
+jsonargparse types the file from the dataclasses below, so a wrong type or an unknown key is named
+with its path in the file (``variants[1]: journal: ...``); what types cannot say (unique names,
+claims that name real variants, configs that exist) is checked next, naming the key and the fix.
 """
 
 from __future__ import annotations
@@ -42,10 +40,6 @@ RESERVED = {
 }
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]*$")
 _KEY = re.compile(r"^[A-Za-z_][\w.]*$")
-
-
-# --------------------------------------------------------------------------------------------
-# The schema, as the file is written
 
 
 @dataclass
@@ -127,10 +121,6 @@ _HINTS = {
     "margins": "a practical margin per metric, e.g. {test/loss: 0.01, test/acc: 0.005}",
     "unchecked": "a list of texts",
 }
-
-
-# --------------------------------------------------------------------------------------------
-# The validated study
 
 
 @dataclass(frozen=True)
@@ -313,13 +303,11 @@ def _metrics(value: Mapping[str, str | None], where: str) -> list[Metric]:
         raise StudyError(f"{where}: metrics: name at least one metric, e.g. {{test/acc: higher}}")
     metrics = []
     for name, direction in value.items():
+        direction = direction or ("higher" if "acc" in name else "lower" if "loss" in name else None)
         if direction is None:
-            direction = "higher" if "acc" in name else "lower" if "loss" in name else None
-            if direction is None:
-                raise StudyError(
-                    f"{where}: metrics: {name}: say whether higher or lower is better, "
-                    f"e.g. {{{name}: higher}}"
-                )
+            raise StudyError(
+                f"{where}: metrics: {name}: say whether higher or lower is better, e.g. {{{name}: higher}}"
+            )
         metrics.append(Metric(name, direction))  # type: ignore[arg-type]
     return metrics
 
@@ -343,19 +331,16 @@ def _margins(value: Mapping[str, float], metrics: Sequence[Metric], where: str) 
 
 def parse_seeds(value: int | Sequence[int], where: str = "seeds") -> list[int]:
     """A seed count (``3`` -> 0, 1, 2) or an explicit list of distinct seeds (``[0, 1, 7]``)."""
+    unusable = f"{where}: {value!r} is not a seed count (e.g. 3) or a list of seeds (e.g. [0, 1, 2])"
     if isinstance(value, bool):
-        raise StudyError(
-            f"{where}: {value!r} is not a seed count (e.g. 3) or a list of seeds (e.g. [0, 1, 2])"
-        )
+        raise StudyError(unusable)
     if isinstance(value, int):
         if value < 1:
             raise StudyError(f"{where}: {value} seeds; use at least 1 (3 or more to judge claims)")
         return list(range(value))
     seeds = list(value)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise StudyError(
-            f"{where}: {value!r} is not a seed count (e.g. 3) or a list of seeds (e.g. [0, 1, 2])"
-        )
+        raise StudyError(unusable)
     if len(set(seeds)) != len(seeds):
         raise StudyError(f"{where}: {seeds} repeats a seed; list each seed once")
     return seeds

@@ -1,14 +1,11 @@
-"""A study's records in MLflow: which parent and children are its own, and what a rerun reuses.
+"""A study's records in MLflow: its parent and children, what a rerun keeps, copies or continues.
 
-One parent run per study (tagged with the study name and hash) and one child per variant × seed,
-kept by the run layer's records (:mod:`fashion_cnn.runs.records`). This module knows the study's
-tags: it finds the study's runs, the finished ones a rerun keeps, an identical run of another
-study to copy, and an unfinished attempt to continue from its checkpoint.
+One parent run per study (tagged with the study name and hash) and one child per variant x seed,
+kept by the run layer's records (:mod:`fashion_cnn.runs.records`).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +15,6 @@ from fashion_cnn.runs.records import PARENT_TAG, TAG_KEPT, TAG_RESUMED_AT, searc
 from fashion_cnn.study.plan import StudyPlan, VariantPlan
 from fashion_cnn.tracking import ensure_experiment
 
-log = logging.getLogger(__name__)
-
 # Tags on the parent ("study") and child ("trial") runs; plain keys keep MLflow filters simple.
 TAG_STUDY, TAG_HASH, TAG_ROLE, TAG_VARIANT, TAG_SEED = "study", "study_hash", "study_role", "variant", "seed"
 TAG_CONFIG = "config_hash"  # per-variant config hash
@@ -28,8 +23,8 @@ CHILDREN = f"tags.{TAG_ROLE} = 'trial'"
 
 @dataclass(frozen=True)
 class Resume:
-    """An unfinished attempt of a trial to continue: its run, its last full-epoch checkpoint and
-    the seconds of training that checkpoint holds."""
+    """An unfinished attempt to continue: its run, its last full-epoch checkpoint and the seconds
+    of training that checkpoint holds."""
 
     run_id: str
     checkpoint: str
@@ -39,22 +34,17 @@ class Resume:
 def trial_tags(plan: StudyPlan, vp: VariantPlan, seed: int) -> dict[str, str]:
     """The tags of the child run of ``vp`` with ``seed`` (plus any the config's logger sets)."""
     assert plan.parent_id is not None
-    tags = {
-        str(k): str(v)
-        for k, v in ((vp.resolved["trainer"]["logger"].get("init_args") or {}).get("tags") or {}).items()
+    own = (vp.resolved["trainer"]["logger"].get("init_args") or {}).get("tags") or {}
+    return {
+        **{str(k): str(v) for k, v in own.items()},
+        PARENT_TAG: plan.parent_id,
+        TAG_STUDY: plan.study.name,
+        TAG_HASH: plan.study_hash,
+        TAG_ROLE: "trial",
+        TAG_VARIANT: vp.variant.name,
+        TAG_SEED: str(seed),
+        TAG_CONFIG: vp.config_hash,
     }
-    tags.update(
-        {
-            PARENT_TAG: plan.parent_id,
-            TAG_STUDY: plan.study.name,
-            TAG_HASH: plan.study_hash,
-            TAG_ROLE: "trial",
-            TAG_VARIANT: vp.variant.name,
-            TAG_SEED: str(seed),
-            TAG_CONFIG: vp.config_hash,
-        }
-    )
-    return tags
 
 
 def find_runs(plan: StudyPlan, client: Any) -> None:
@@ -67,14 +57,10 @@ def find_runs(plan: StudyPlan, client: Any) -> None:
     parents = search(client, experiment.experiment_id, f"{base} AND tags.{TAG_ROLE} = 'parent'")
     if not parents:
         return
-    parents.sort(key=lambda r: r.info.start_time)
-    plan.parent_id = parents[0].info.run_id
-    for run in children(client, plan):
-        tags = run.data.tags
-        if run.info.status != "FINISHED":
-            continue
+    plan.parent_id = min(parents, key=lambda r: r.info.start_time).info.run_id
+    for run in children(client, plan, "FINISHED"):
         try:
-            key = (tags[TAG_VARIANT], int(tags[TAG_SEED]))
+            key = (run.data.tags[TAG_VARIANT], int(run.data.tags[TAG_SEED]))
         except (KeyError, ValueError):
             continue
         # Two finished runs of one variant and seed (e.g. concurrent launches): keep the newest.
@@ -82,9 +68,11 @@ def find_runs(plan: StudyPlan, client: Any) -> None:
             plan.finished[key] = run
 
 
-def children(client: Any, plan: StudyPlan, status: str | None = None) -> list[Any]:
-    """The child runs of the study's parent (optionally only those with ``status``)."""
-    return [] if plan.parent_id is None else records.children(client, plan.parent_id, CHILDREN, status)
+def children(client: Any, plan: StudyPlan, status: str | None = None, where: str = "") -> list[Any]:
+    """The child runs of the study's parent (optionally only those with ``status``, and ``where``)."""
+    if plan.parent_id is None:
+        return []
+    return records.children(client, plan.parent_id, CHILDREN + where, status)
 
 
 def end_running_children(
@@ -94,35 +82,28 @@ def end_running_children(
     variant: str | None = None,
     seed: int | None = None,
     keep: str | None = None,
-) -> list[str]:
-    """Mark the study's RUNNING children ``status`` (all, or those of one variant and seed), except
-    ``keep``; returns their ids."""
-
-    def match(run: Any) -> bool:
-        tags = run.data.tags
-        return variant is None or (tags.get(TAG_VARIANT) == variant and tags.get(TAG_SEED) == str(seed))
-
-    if plan.parent_id is None:
-        return []
-    return records.end_orphans(client, plan.parent_id, CHILDREN, status, match, keep)
+) -> None:
+    """Mark the study's RUNNING children (all, or those of one variant and seed), except ``keep``,
+    ``status``: a run whose process died (a killed Ray worker) cannot end its own MLflow run."""
+    one = "" if variant is None else f" AND tags.{TAG_VARIANT} = '{variant}' AND tags.{TAG_SEED} = '{seed}'"
+    for run in children(client, plan, "RUNNING", one):
+        if run.info.run_id != keep:
+            client.set_terminated(run.info.run_id, status)
 
 
 def resume_point(runs: list[Any], plan: StudyPlan, vp: VariantPlan, seed: int) -> Resume | None:
-    """The newest unfinished attempt of (variant, seed) among ``runs`` (the parent's children, see
-    :func:`children`), with this config, that left a ``last.ckpt`` (the end of a full epoch) in its
-    run folder; None if there is none.
+    """The newest unfinished attempt of (variant, seed) among ``runs`` (the parent's children), with
+    this config, that left a ``last.ckpt`` (the end of a full epoch) in its run folder.
 
     Training goes on from that epoch, in the same MLflow run. Fit's seeding makes the result the
     same as an uninterrupted run's; only the time lost since that epoch is trained again.
     """
     folder = Path(vp.resolved.get("output_dir") or "runs") / f"{plan.study.name}-{vp.variant.name}-seed{seed}"
+    mine = {TAG_VARIANT: vp.variant.name, TAG_SEED: str(seed), TAG_CONFIG: vp.config_hash}
     attempts = [
         r
         for r in runs
-        if r.info.status != "FINISHED"
-        and r.data.tags.get(TAG_VARIANT) == vp.variant.name
-        and r.data.tags.get(TAG_SEED) == str(seed)
-        and r.data.tags.get(TAG_CONFIG) == vp.config_hash
+        if r.info.status != "FINISHED" and all(r.data.tags.get(k) == v for k, v in mine.items())
     ]
     for run in sorted(attempts, key=lambda r: r.info.start_time, reverse=True):
         checkpoint = folder / run.info.run_id / "checkpoints" / "last.ckpt"
