@@ -217,10 +217,8 @@ def describe_plan(plan: StudyPlan) -> list[str]:
         left = [s for v, s in plan.todo if v is vp]
         config = vp.config.name if vp.config else "defaults"
         extra = " ".join(as_args(vp.variant.overrides))
-        left = left or "none"
-        lines.append(
-            f"  {vp.variant.name}: {config} {extra} ({vp.num_params:,} params); seeds to run: {left}"
-        )
+        params = f"{vp.num_params:,} params"
+        lines.append(f"  {vp.variant.name}: {config} {extra} ({params}); seeds to run: {left or 'none'}")
     return lines
 
 

@@ -75,7 +75,7 @@ def collect_results(
     """
     study = plan.study
     names = [vp.variant.name for vp in plan.variants]
-    samples: dict[str, dict[str, list[float]]] = {m.name: {v: [] for v in names} for m in study.metrics}
+    samples = plan.samples()
     curves: dict[str, dict[str, list[list[float]]]] = {c: {v: [] for v in names} for c in study.curves}
     params: dict[str, int | None] = {vp.variant.name: vp.num_params for vp in plan.variants}
     wall: dict[str, list[float]] = {v: [] for v in names}
@@ -86,9 +86,6 @@ def collect_results(
             if run is None:
                 continue
             runs.append((name, seed, run))
-            for m in study.metrics:
-                if m.name in run.data.metrics:
-                    samples[m.name][name].append(float(run.data.metrics[m.name]))
             for c in study.curves:
                 # One value per step, the latest: a resumed run may have logged its last epoch twice.
                 history = client.get_metric_history(run.info.run_id, c)
