@@ -13,6 +13,8 @@ from fashion_cnn.errors import ConfigError
 from fashion_cnn.runs.executors import Executor, SerialExecutor
 
 ExecutorName = Literal["serial", "ray"]
+# Both commands' per-run settings, as --model.*, --data.*, --trainer.*, --checkpoint.* options.
+GROUPS = ("model", "data", "trainer", "checkpoint")
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,16 @@ NOT_HASHED = (
 
 
 def as_args(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
-    """Overrides as CLI strings: a mapping of dotted keys becomes ``--key=value`` (JSON for
-    non-strings, as the CLI reads them); strings stay as they are."""
+    """Overrides as CLI strings: a mapping of dotted keys becomes ``--key=value`` (see :func:`word`);
+    strings stay as they are."""
     if isinstance(overrides, Mapping):
-        return [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+        return [f"--{k}={word(v)}" for k, v in overrides.items()]
     return list(overrides)
+
+
+def word(value: Any) -> str:
+    """A value as one command-line word, as the CLI reads it back: a string as it is, else JSON."""
+    return value if isinstance(value, str) else json.dumps(plain(value))
 
 
 def plain(value: Any) -> Any:
@@ -185,9 +190,6 @@ def command_line(
     """``fashion-cnn COMMAND POSITIONAL --option value ...``: the options of ``given`` that are not
     at their default (those in ``groups`` as ``--group.key value``), so the line does the same."""
     import shlex
-
-    def word(value: Any) -> str:
-        return value if isinstance(value, str) else json.dumps(plain(value))
 
     words = ["fashion-cnn", command, *positional]
     for name, value in given.items():

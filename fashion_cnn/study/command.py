@@ -11,9 +11,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from fashion_cnn.runs.options import ExecutorOptions
-
-GROUPS = ("model", "data", "trainer", "checkpoint")
+from fashion_cnn.runs.options import GROUPS, ExecutorOptions
 
 
 def study(

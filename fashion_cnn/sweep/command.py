@@ -15,11 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fashion_cnn.runs.options import ExecutorOptions
+from fashion_cnn.runs.options import GROUPS, ExecutorOptions
 from fashion_cnn.sweep.spec import SweepOptions
-
-# The per-trial fixed settings, as --model.*, --data.*, --trainer.*, --checkpoint.* options.
-GROUPS = ("model", "data", "trainer", "checkpoint")
 
 
 def sweep(

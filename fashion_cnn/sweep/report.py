@@ -24,6 +24,7 @@ from fashion_cnn import figures
 from fashion_cnn.errors import RunFailed
 from fashion_cnn.runs.launch import RunSpec, launch
 from fashion_cnn.runs.progress import Progress, duration, now, shown_path
+from fashion_cnn.runs.settings import word
 from fashion_cnn.sweep.runner import TAG_ROLE, TAG_SWEEP, TAG_TRIAL, fit_config, logged_to
 from fashion_cnn.sweep.search import ATTR_CHECKPOINT, ATTR_REASON, ATTR_RUN
 from fashion_cnn.sweep.spec import SweepSpec
@@ -329,9 +330,7 @@ def report_markdown(
     if best is None:
         lines += ["No trial is complete yet.", ""]
     else:
-        args = " ".join(
-            f"--{k} {shlex.quote(_exact(v))}" for k, v in {**spec.settings, **best.params}.items()
-        )
+        args = " ".join(f"--{k} {shlex.quote(word(v))}" for k, v in {**spec.settings, **best.params}.items())
         base = f"--config {shown_path(spec.base)} " if spec.base else ""
         lines += [
             f"Trial {best.number}: **{o.objective} {best.value:.4f}** with "
@@ -383,10 +382,6 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def _exact(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 __all__ = ["FIGURES", "best_config", "evaluate_best", "param_importances", "report_markdown", "write_report"]
