@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,9 @@ NOT_HASHED = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
 )
+
+# A study's or sweep's name: it names runs and folders.
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]*$")
 
 
 def as_args(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
@@ -129,7 +133,6 @@ def typed(
     import copy
     import dataclasses
     import difflib
-    import re
 
     from jsonargparse import ArgumentParser
 

@@ -19,7 +19,7 @@ import yaml
 from fashion_cnn.configs import resolve_config
 from fashion_cnn.errors import ConfigError, StudyError
 from fashion_cnn.legacy import translate_key
-from fashion_cnn.runs.settings import typed
+from fashion_cnn.runs.settings import NAME, typed
 from fashion_cnn.study.claims import Claim, Metric, is_number, parse_claim
 
 DEFAULT_SEEDS = 3
@@ -38,7 +38,6 @@ RESERVED = {
     "trainer.logger.init_args.run_name": "the study names its runs",
     "trainer.logger.init_args.experiment_name": "use --experiment",
 }
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]*$")
 _KEY = re.compile(r"^[A-Za-z_][\w.]*$")
 
 
@@ -183,7 +182,7 @@ def load_study(path: str | Path) -> Study:
     if not spec.hypothesis.strip():
         raise StudyError(f"{where}: hypothesis: empty; state what the study tests, in words")
     name = spec.name or path.stem
-    if not _NAME.match(name):
+    if not NAME.match(name):
         raise StudyError(
             f"{where}: name: {name!r} is not usable; use letters, digits, _ . + - "
             "(it names runs and the output folder)"
@@ -245,7 +244,7 @@ def _variant(item: Any, i: int, path: Path, metric_names: set[str], before: Sequ
     if not isinstance(item, Mapping):
         raise StudyError(f"{vwhere}: each variant is a mapping with name and overrides (or config)")
     spec = _typed(VariantFile, item, vwhere)
-    if not _NAME.match(spec.name) or is_number(spec.name):
+    if not NAME.match(spec.name) or is_number(spec.name):
         raise StudyError(
             f"{vwhere}: name: {spec.name!r} is not usable; start with a letter and use "
             "letters, digits, _ . + -"

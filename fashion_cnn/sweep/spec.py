@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Literal
 from fashion_cnn.configs import resolve_config
 from fashion_cnn.errors import ConfigError, SweepError
 from fashion_cnn.lightning_cli import ConfigResolver
-from fashion_cnn.runs.settings import as_args, flatten, plain
+from fashion_cnn.runs.settings import NAME, as_args, flatten, plain
 from fashion_cnn.sweep.pruning import PrunerName, PrunerSettings
 from fashion_cnn.sweep.space import SearchSpace, SpaceParam, parse_space
 from fashion_cnn.sweep.storage import locate
@@ -49,7 +48,6 @@ RESERVED = {
     "trainer.logger.init_args.run_name": "the sweep names its runs",
     "trainer.logger.init_args.experiment_name": "use the sweep's experiment:",
 }
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]*$")
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,7 @@ def build_spec(
         SweepError: Naming the key, what is wrong and what would work.
     """
     o = options
-    if not _NAME.match(o.name):
+    if not NAME.match(o.name):
         raise SweepError(
             f"name: {o.name!r} is not usable; use letters, digits, _ . + - (it names runs and folders)"
         )
