@@ -71,6 +71,29 @@ def test_only_the_variants_of_undecided_claims_get_more_seeds(tmp_path: Path) ->
     assert not _grow(plan, schedule, progress)  # nothing new to judge until those seeds finish
 
 
+def test_a_study_that_needs_no_more_seeds_says_so_once(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    schedule = _schedules([plan], 12)[plan.study.name]
+    _finish(plan, {"a": [0.80, 0.82, 0.81], "b": [0.50, 0.51, 0.49], "c": [0.10, 0.11, 0.09]})
+    progress, stopped = Notes(), set()
+    assert not _grow(plan, schedule, progress, stopped)
+    assert not _grow(plan, schedule, progress, stopped)  # the next round: already said
+    assert progress.lines == ["[adaptive] claims: 2 supported; no more seeds: each is decided or futile"]
+    assert plan.seeds_of("a") == [0, 1, 2] and not plan.todo
+    # With the maximum reached, an undecided claim stops too, and the line says why.
+    plan = _plan(tmp_path)
+    schedule = _schedules([plan], 5)[plan.study.name]
+    plan.grow("a", 5)
+    plan.grow("b", 5)
+    _finish(plan, {"a": [0.80, 0.83, 0.81, 0.80, 0.82], "b": [0.79, 0.82, 0.80, 0.80, 0.81], "c": [0.1] * 3})
+    progress = Notes()
+    assert not _grow(plan, schedule, progress)
+    assert progress.lines == [
+        "[adaptive] claims: 1 supported, 1 undecided; no more seeds: the undecided ones reached the "
+        "maximum of 5 seeds"
+    ]
+
+
 def test_a_rerun_goes_on_from_the_block_where_it_stopped(tmp_path: Path) -> None:
     plan = _plan(tmp_path)
     schedule = _schedules([plan], 12)[plan.study.name]
