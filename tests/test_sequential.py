@@ -85,6 +85,23 @@ def test_the_step_adds_seeds_only_where_a_claim_is_undecided() -> None:
     assert step.counts()["supported"] == 1
 
 
+def test_the_interval_beside_a_look_is_the_95_percent_one_its_label_says() -> None:
+    """The look's nominal level (here 0.0055) decides the verdict; the interval the reports print
+    as "95 % CI" is Welch's 95 % interval all the same (the journal's dropout claims at 5 seeds)."""
+    a = [0.2411, 0.2304, 0.2333, 0.2269, 0.2195]
+    b = [0.2506, 0.2454, 0.2416, 0.2528, 0.2427]
+    schedule = Schedule.blocks(3, 10)
+    state = sequential_step(
+        _claims("a beats b on test/loss"), {"test/loss": {"a": a, "b": b}}, [LOSS], schedule
+    )
+    ev = state.states[0].evaluation
+    assert state.states[0].state == "supported" and state.states[0].nominal_alpha < 0.01
+    welch = stats.ttest_ind(a, b, equal_var=False)
+    low, high = welch.confidence_interval(0.95)
+    assert ev.ci == pytest.approx((low, high), rel=1e-9)
+    assert f"95 % CI [{low:+.4f}, {high:+.4f}]".replace("-", "−") in ev.sentence
+
+
 def test_a_claim_is_judged_on_the_first_seeds_of_each_look_only() -> None:
     """A variant with more seeds (wanted by another claim) does not change an earlier look."""
     rng = np.random.default_rng(0)

@@ -30,7 +30,7 @@ from statsmodels.stats.power import TTestIndPower, TTestPower
 from fashion_cnn.figures import ClaimInterval
 from fashion_cnn.study.claims import Claim, Metric
 from fashion_cnn.study.spec import DEFAULT_MARGIN, Study
-from fashion_cnn.study.verdicts import ALPHA, Evaluation, fmt, fmt_p, mean_sd, welch
+from fashion_cnn.study.verdicts import ALPHA, CI_LEVEL, Evaluation, fmt, fmt_p, mean_sd, welch
 
 POWER = 0.8
 DEFAULT_MAX_SEEDS = 20  # the largest seed count a report considers when no maximum is given
@@ -201,7 +201,7 @@ def outlook(
     return Outlook(
         claim,
         q.g,
-        _g_interval(claim, q, 1 - alpha),
+        _g_interval(claim, q, CI_LEVEL),
         effect * q.sd if q.sd > 0 else 0.0,
         q.n,
         needed,

@@ -19,6 +19,9 @@ from scipy import special
 from fashion_cnn.study.claims import Claim, Metric
 
 ALPHA = 0.05
+# The interval shown beside each difference, whatever level the test uses: a study's own alpha or
+# an adaptive look's nominal level decides the verdict, but the reports label this interval 95 %.
+CI_LEVEL = 0.95
 # The test of a claim that could not be tested: a variant has fewer than 2 finished seeds.
 NOT_TESTED = "none (fewer than 2 finished seeds)"
 
@@ -165,7 +168,7 @@ def evaluate_claim(
     if len(a) < 2 or (not isinstance(b, float) and len(b) < 2):
         return _too_few(claim, n_text)
     diff = welch(a, b)
-    lo, hi = diff.ci(1 - alpha)
+    lo, hi = diff.ci(CI_LEVEL)
     ci_text = f"[{fmt(lo, sign=True)}, {fmt(hi, sign=True)}]"
     d, s = claim.margin, metric.sign
     if claim.kind == "within":
@@ -242,7 +245,7 @@ def _extreme(
     # Report against the closest rival: the one whose mean is nearest A's from the claimed side.
     closest = max(results, key=lambda r: s * results[r][0].mean_b)
     diff = results[closest][0]
-    lo, hi = diff.ci(1 - alpha)
+    lo, hi = diff.ci(CI_LEVEL)
     word = "best" if best else "worst"
     rank = sorted(samples, key=lambda v: -metric.sign * mean_sd(samples[v])[0]).index(claim.a) + 1
     test = (
@@ -276,7 +279,7 @@ def _between(claim: Claim, a: Sequence[float], name: str, alpha: float) -> Evalu
     p = max(low.p_greater(), high.p_less())
     p_out = min(low.p_less(), high.p_greater())
     verdict = _decide(p, p_out, alpha)
-    ci = mean_ci(a, 1 - alpha)
+    ci = mean_ci(a, CI_LEVEL)
     bounds = f"[{fmt(claim.low)}, {fmt(claim.high)}]"
     tail = {
         "supported": f"both bounds are cleared significantly ({peq(p)}), so it lies in {bounds}.",
