@@ -272,13 +272,13 @@ def _get(url: str) -> bytes:
         return response.read()
 
 
-@pytest.mark.integration
 def _sigint_default() -> None:
     """Ctrl+C as in a terminal: an ignored SIGINT is inherited across exec (an earlier test in this
     process may leave it ignored), and Python then installs no KeyboardInterrupt handler."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.integration
 def test_ui_serves_the_runs_over_http(tmp_path: Path) -> None:
     from fashion_cnn.tracking import prepare_store
 
