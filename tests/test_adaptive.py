@@ -75,9 +75,9 @@ def test_a_study_that_needs_no_more_seeds_says_so_once(tmp_path: Path) -> None:
     plan = _plan(tmp_path)
     schedule = _schedules([plan], 12)[plan.study.name]
     _finish(plan, {"a": [0.80, 0.82, 0.81], "b": [0.50, 0.51, 0.49], "c": [0.10, 0.11, 0.09]})
-    progress, stopped = Notes(), set()
-    assert not _grow(plan, schedule, progress, stopped)
-    assert not _grow(plan, schedule, progress, stopped)  # the next round: already said
+    progress = Notes()
+    assert not _grow(plan, schedule, progress)
+    assert not _grow(plan, schedule, progress)  # the next round: already said
     assert progress.lines == ["[adaptive] claims: 2 supported; no more seeds: each is decided or futile"]
     assert plan.seeds_of("a") == [0, 1, 2] and not plan.todo
     # With the maximum reached, an undecided claim stops too, and the line says why.

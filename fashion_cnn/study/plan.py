@@ -56,6 +56,7 @@ class StudyPlan:
     parent_id: str | None = None
     finished: dict[tuple[str, int], Any] = field(default_factory=dict)  # (variant, seed) -> Run
     added: dict[str, list[int]] = field(default_factory=dict)  # adaptive seeds: variant -> seeds
+    settled: bool = False  # adaptive seeds: no claim needs more (said once on the console)
 
     def seeds_of(self, variant: str) -> list[int]:
         """The variant's seeds: the study's, and those added to it to decide its claims."""

@@ -137,7 +137,6 @@ def run_studies(
         plans.append(plan_study(study, overrides, seeds, experiment, out, resolver))
     schedules = _schedules(plans, max_seeds)  # bad --max_seeds: refused before any run
     clients: dict[str, Any] = {}
-    stopped: set[str] = set()  # adaptive studies that need no more seeds (said once)
     for plan in plans:
         db = sqlite_file(plan.tracking_uri)
         if dry_run and db is not None and not db.is_file():
@@ -147,7 +146,7 @@ def run_studies(
             clients[plan.tracking_uri] = MlflowClient(plan.tracking_uri)
         store.find_runs(plan, clients[plan.tracking_uri])
         if schedules:  # a rerun goes on from the block where it stopped
-            _grow(plan, schedules[plan.study.name], progress, stopped, until_missing=True)
+            _grow(plan, schedules[plan.study.name], progress, until_missing=True)
     total, todo = sum(p.total for p in plans), sum(len(p.todo) for p in plans)
     progress.note(
         f"{len(plans)} stud{'y' if len(plans) == 1 else 'ies'}, {total} runs planned, "
@@ -174,7 +173,7 @@ def run_studies(
             _train(plans, clients, executor, progress, reuse)
             # Adaptive seeds: each block's runs train together (in parallel on Ray), then the claims
             # are judged again, until none needs more seeds.
-            while schedules and any([_grow(p, schedules[p.study.name], progress, stopped) for p in plans]):
+            while schedules and any([_grow(p, schedules[p.study.name], progress) for p in plans]):
                 _train(plans, clients, executor, progress, reuse)
         finally:
             executor.close()
@@ -358,26 +357,20 @@ def _schedules(plans: Sequence[StudyPlan], max_seeds: int | None) -> dict[str, A
     return {p.study.name: Schedule.blocks(len(p.seeds), max_seeds) for p in plans}
 
 
-def _grow(
-    plan: StudyPlan,
-    schedule: Any,
-    progress: Progress,
-    stopped: set[str] | None = None,
-    until_missing: bool = False,
-) -> bool:
+def _grow(plan: StudyPlan, schedule: Any, progress: Progress, until_missing: bool = False) -> bool:
     """Judge the claims on the finished seeds and add the next block of seeds to the variants of
     claims still undecided; returns whether any were added. A study that needs no more seeds is
-    said once (and added to ``stopped``). ``until_missing``: repeat while the added seeds have all
+    said once (``plan.settled``). ``until_missing``: repeat while the added seeds have all
     finished already (a rerun of an interrupted adaptive study)."""
     from fashion_cnn.study.sequential import sequential_step
 
-    grew, stopped = False, set() if stopped is None else stopped
+    grew = False
     while True:
         step = sequential_step(plan.study.claims, plan.samples(), plan.study.metrics, schedule)
         added = {v: plan.grow(v, n) for v, n in step.next_seeds.items() if n > len(plan.seeds_of(v))}
         counts = ", ".join(f"{n} {state}" for state, n in step.counts().items() if n)
-        if step.done and plan.study.name not in stopped:
-            stopped.add(plan.study.name)
+        if step.done and not plan.settled:
+            plan.settled = True
             why = (
                 f"the undecided ones reached the maximum of {schedule.looks[-1]} seeds"
                 if step.counts().get("undecided")
