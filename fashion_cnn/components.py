@@ -250,13 +250,30 @@ LINKS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
 )
 
 
+def option_values(args: Sequence[str], flags: Iterable[str]) -> list[tuple[str, str | None]]:
+    """``(flag, value)`` for each of ``flags`` among CLI arguments, in their order: ``--flag value``,
+    ``--flag=value`` (long flags only) or ``-c value``; the value is None for a flag that ends them."""
+    wanted, args = set(flags), list(args)
+    found: list[tuple[str, str | None]] = []
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if flag in wanted:
+            found.append((flag, value if eq else args[i + 1] if i + 1 < len(args) else None))
+    return found
+
+
+def read_config(path: str | Path) -> Any:
+    """A config file's YAML tree, or None if it does not read or parse (the parser will say why)."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
 def config_files(args: Sequence[str]) -> list[str]:
     """The --config files among CLI arguments (as they resolve), for error diagnosis."""
     found = []
-    for i, arg in enumerate(args):
-        value = args[i + 1] if arg in ("-c", "--config") and i + 1 < len(args) else None
-        if arg.startswith("--config="):
-            value = arg.split("=", 1)[1]
+    for _, value in option_values(args, ("-c", "--config")):
         if value:
             with contextlib.suppress(ConfigError):
                 found.append(str(resolve_config(value)))
@@ -283,10 +300,7 @@ def diagnose(args: Sequence[str], config_files: Iterable[str | Path] = ()) -> st
 def _class_paths(args: Sequence[str], config_files: Iterable[str | Path]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for path in config_files:
-        try:
-            tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            continue
+        tree = read_config(path) or {}
         for option in KINDS:
             node: Any = tree
             for part in option.split("."):
@@ -294,12 +308,6 @@ def _class_paths(args: Sequence[str], config_files: Iterable[str | Path]) -> lis
             value = node.get("class_path") if isinstance(node, Mapping) else node
             if isinstance(value, str):
                 found.append((option, value))
-    args = list(args)
-    for i, arg in enumerate(args):
-        for option in KINDS:
-            for flag in (f"--{option}", f"--{option}.class_path"):
-                if arg == flag and i + 1 < len(args):
-                    found.append((option, args[i + 1]))
-                elif arg.startswith(flag + "="):
-                    found.append((option, arg.split("=", 1)[1]))
+    flags = {flag: option for option in KINDS for flag in (f"--{option}", f"--{option}.class_path")}
+    found += [(flags[flag], value) for flag, value in option_values(args, flags) if value is not None]
     return [(o, v) for o, v in found if not v.lstrip().startswith(("{", "["))]

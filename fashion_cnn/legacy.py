@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from fashion_cnn.components import import_class
+from fashion_cnn.components import import_class, option_values, read_config
 
 NET = "fashion_cnn.FashionCNNNet"
 # The old FashionCNN's network arguments (those the data links excluded: num_classes, ...).
@@ -253,38 +253,30 @@ def diagnose(args: Sequence[str], config_files: Iterable[str | Path]) -> str | N
     file whose ``model:`` is flat (the message gives its new form to paste), or a command-line
     optimiser or scheduler by its old short name. None when there is none."""
     for path in config_files:
-        try:
-            tree = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
-            continue
+        tree = read_config(path)
         model = tree.get("model") if isinstance(tree, Mapping) else None
-        old = _flat_keys(model) if isinstance(model, Mapping) else []
-        if old and isinstance(model, Mapping):
-            new = to_parts(model)
-            if not set(old) & set(NET_KEYS):
-                new.pop("net")
-            if not set(old) & {"optimizer", "lr", "weight_decay", "momentum"}:
-                new.pop("optimizer")
-            if not set(old) & {"lr_scheduler", "plateau_factor", "plateau_patience"}:
-                new.pop("scheduler")
-            text = yaml.safe_dump(new, default_flow_style=True, width=10**6, sort_keys=False).strip()
-            return (
-                f"{path}: its model: section uses the old flat keys ({', '.join(old)}); the network, "
-                f"optimiser and scheduler now go by class path. Replace the section with: model: {text}"
-            )
-    args = list(args)
-    for i, arg in enumerate(args):
-        key, eq, value = arg.removeprefix("--").partition("=")
-        name = key.removeprefix("model.")
-        if not arg.startswith("--model.") or name not in (*_REPLACED, "optimizer"):
+        if not isinstance(model, Mapping) or not (old := _flat_keys(model)):
             continue
-        if not eq and i + 1 < len(args):
-            value = args[i + 1]
+        new = to_parts(model)
+        if not set(old) & set(NET_KEYS):
+            new.pop("net")
+        if not set(old) & {"optimizer", "lr", "weight_decay", "momentum"}:
+            new.pop("optimizer")
+        if not set(old) & {"lr_scheduler", "plateau_factor", "plateau_patience"}:
+            new.pop("scheduler")
+        text = yaml.safe_dump(new, default_flow_style=True, width=10**6, sort_keys=False).strip()
+        return (
+            f"{path}: its model: section uses the old flat keys ({', '.join(old)}); the network, "
+            f"optimiser and scheduler now go by class path. Replace the section with: model: {text}"
+        )
+    flags = [f"--model.{name}" for name in (*_REPLACED, "optimizer")]
+    for flag, value in option_values(args, flags):
+        name = flag.removeprefix("--model.")
         if name == "optimizer":
             if value not in OPTIMIZERS:
                 continue  # a class path: the parser's to judge
-            return f"--{key}={value} is the old short name; give the class path: --{key}={OPTIMIZERS[value]}"
-        return f"--{key} is the old flat option; now: {_REPLACED[name]}"
+            return f"{flag}={value} is the old short name; give the class path: {flag}={OPTIMIZERS[value]}"
+        return f"{flag} is the old flat option; now: {_REPLACED[name]}"
     return None
 
 
