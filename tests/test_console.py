@@ -278,6 +278,21 @@ def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _start_ui(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """``fashion-cnn ui ARGS`` in ``tmp_path``; its stdout is a pipe, its stderr ``ui.err``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "fashion_cnn.cli", "ui", *args],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        # A file, not a pipe: the server's own log lines go there too, and a pipe nobody reads
+        # fills up and blocks them both (a 60 s hang in CI).
+        stderr=(tmp_path / "ui.err").open("w"),
+        text=True,
+        preexec_fn=_sigint_default,
+    )
+
+
 @pytest.mark.integration
 def test_ui_serves_the_runs_over_http(tmp_path: Path) -> None:
     from fashion_cnn.tracking import prepare_store
@@ -289,17 +304,7 @@ def test_ui_serves_the_runs_over_http(tmp_path: Path) -> None:
     client.log_metric(run_id, "val/acc", 0.5)
     client.set_terminated(run_id)
     port = _free_port()
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "fashion_cnn.cli", "ui", "--port", str(port), "--run", run_id],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        # A file, not a pipe: the server's own log lines go there too, and a pipe nobody reads
-        # fills up and blocks them both (a 60 s hang in CI).
-        stderr=(tmp_path / "ui.err").open("w"),
-        text=True,
-        preexec_fn=_sigint_default,
-    )
+    ui = _start_ui(tmp_path, "--port", str(port), "--run", run_id)
     try:
         line = ui.stdout.readline()  # printed once the server answers
         base = f"http://127.0.0.1:{port}"
@@ -351,17 +356,7 @@ def test_ui_stopped_while_starting_leaves_no_server(tmp_path: Path) -> None:
 
     prepare_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "fashion-cnn")
     port = _free_port()
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "fashion_cnn.cli", "ui", "--port", str(port)],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        # A file, not a pipe: the server's own log lines go there too, and a pipe nobody reads
-        # fills up and blocks them both (a 60 s hang in CI).
-        stderr=(tmp_path / "ui.err").open("w"),
-        text=True,
-        preexec_fn=_sigint_default,
-    )
+    ui = _start_ui(tmp_path, "--port", str(port))
     server_command = f"--backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}"
 
     def servers() -> list[str]:
