@@ -134,60 +134,56 @@ class HalfData(L.LightningDataModule):
 def test_the_guides_network_trains_through_the_cli_and_bad_input_is_one_line(tmp_path: Path) -> None:
     env = {"PYTHONPATH": f"{GUIDE}:{tmp_path}:{Path(__file__).resolve().parents[1]}", "PATH": "/usr/bin:/bin"}
     env |= {"HOME": str(tmp_path)}
-    base = [sys.executable, "-m", "fashion_cnn.cli", "fit", "--config", "debug"]
-    base += ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db"]
-    base += ["--output_dir", str(tmp_path / "runs")]
+    tracking = ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fashion_cnn.cli", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*base, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-        )
+        return cli("fit", "--config", "debug", *tracking, "--output_dir", str(tmp_path / "runs"), *args)
+
+    def errors(done: subprocess.CompletedProcess[str]) -> list[str]:
+        return [line for line in done.stderr.splitlines() if line.startswith("fashion-cnn: error:")]
 
     bad = run("--model.net", "my_nets.WrongWidth")
     assert bad.returncode == 2, bad.stderr
-    errors = [line for line in bad.stderr.splitlines() if line.startswith("fashion-cnn: error:")]
-    assert len(errors) == 1 and "model.net my_nets.WrongWidth returned (2, 3)" in errors[0], bad.stderr
+    lines = errors(bad)
+    assert len(lines) == 1 and "model.net my_nets.WrongWidth returned (2, 3)" in lines[0], bad.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
     missing = run("--model.net", "nope_nets.Net")
     assert missing.returncode == 2 and "module 'nope_nets' does not import" in missing.stderr
     (tmp_path / "half_data.py").write_text(HALF_DATA)
     half = run("--data", "half_data.HalfData")
-    errors = [line for line in half.stderr.splitlines() if line.startswith("fashion-cnn: error:")]
-    assert half.returncode == 2 and errors == [
+    assert half.returncode == 2 and errors(half) == [
         "fashion-cnn: error: data half_data.HalfData has no 'input_mean': a DataModule gives num_classes, "
         "input_shape, input_mean, input_std, class_names (fashion_cnn.data.DataProtocol; docs/extending.md)"
     ], half.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
     (tmp_path / "old.yaml").write_text(OLD_FLAT_CONFIG)
     flat = run("--config", str(tmp_path / "old.yaml"))
-    errors = [line for line in flat.stderr.splitlines() if line.startswith("fashion-cnn: error:")]
-    assert flat.returncode == 2 and len(errors) == 1 and "Replace the section with: model: {net:" in errors[0]
+    lines = errors(flat)
+    assert flat.returncode == 2 and len(lines) == 1 and "Replace the section with: model: {net:" in lines[0]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
     good = run(
         "--model.net", "my_nets.TinyResNet", "--model.net.width", "4", "--model.optimizer", "torch.optim.SGD"
     )
     assert good.returncode == 0, good.stderr[-2000:]
     old = str(FIXTURES / "old_flat.ckpt")  # a checkpoint of before issue 20 tests and predicts
-    tested = subprocess.run(
-        [sys.executable, "-m", "fashion_cnn.cli", "test", "--config", "debug", "--ckpt_path", old]
-        + ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db"]
-        + ["--output_dir", str(tmp_path / "old"), "--trainer.limit_test_batches", "1"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    from_old = ["--config", "debug", "--ckpt_path", old, *tracking]
+    tested = cli(
+        "test", *from_old, "--output_dir", str(tmp_path / "old"), "--trainer.limit_test_batches", "1"
     )
     assert tested.returncode == 0 and "test/acc" in tested.stdout, tested.stderr[-2000:]
-    predicted = subprocess.run(
-        [sys.executable, "-m", "fashion_cnn.cli", "predict", "--config", "debug", "--ckpt_path", old]
-        + ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{tmp_path}/mlflow.db"]
-        + ["--predictions_file", str(tmp_path / "p.csv"), "--trainer.limit_predict_batches", "1"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    predictions = str(tmp_path / "p.csv")
+    predicted = cli(
+        "predict", *from_old, "--predictions_file", predictions, "--trainer.limit_predict_batches", "1"
     )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert (tmp_path / "p.csv").read_text().startswith("item,predicted,confidence")
