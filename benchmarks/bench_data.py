@@ -35,16 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 
 from fashion_cnn import _idx  # noqa: E402
 from fashion_cnn.data import FashionMNISTDataModule  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from fashion_cnn.speed import machine_tags  # noqa: E402
 
 
 def our_epoch(dm: FashionMNISTDataModule) -> float:
@@ -81,7 +72,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other processes skew short timings
-    print(f"machine: {os.cpu_count()} cores, {cpu_model()}, {platform.system()}, load average {load}")
+    cpu = machine_tags()["machine.cpu"]
+    print(f"machine: {os.cpu_count()} cores, {cpu}, {platform.system()}, load average {load}")
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}, {torch.get_num_threads()} torch threads"

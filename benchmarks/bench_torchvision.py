@@ -28,7 +28,6 @@ import gzip
 import hashlib
 import io
 import math
-import platform
 import statistics
 import sys
 import tempfile
@@ -50,18 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 from fashion_cnn import _idx, figures  # noqa: E402
 from fashion_cnn.data import CLASS_NAMES  # noqa: E402
 from fashion_cnn.images import SIZE, load_image  # noqa: E402
+from fashion_cnn.speed import machine_tags  # noqa: E402
 
 REAL = Path("/usr/share/datasets/fashion-mnist")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def median_s(fn: Callable[[], object], repeats: int) -> float:
@@ -315,8 +305,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["images", "idx", "grid"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    cpu = machine_tags()["machine.cpu"]
     print(
-        f"# {cpu_model()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"# {cpu}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"Pillow {Image.__version__}, 1 torch thread, median of {args.repeats}"
     )
     for name, bench in (("images", bench_images), ("idx", bench_idx), ("grid", bench_grid)):
