@@ -163,6 +163,11 @@ def test_a_real_adaptive_study_adds_seeds_only_where_claims_are_undecided(
     states = {c["claim"]: c["state"] for c in data["adaptive"]["claims"]}
     assert states["a beats c on test/acc"] == "supported"
     assert data["adaptive"]["looks"] == [3, 5]
+    # Each claim is described on the seeds of the look that settled it: "a beats c" at 3, even if
+    # a went on to 5 for the other claim.
+    for claim, state in zip(data["claims"], data["adaptive"]["claims"], strict=True):
+        assert claim["seeds"] == state["seeds"]
+    assert data["claims"][0]["seeds"] == 3
     report = (tmp_path / "studies" / "adaptive" / "report.md").read_text()
     assert "### Adaptive seeds" in report and f"Runs: {plan.total}, against 15" in report
     # Run again: everything is there, nothing trains, the same seeds are judged.

@@ -23,6 +23,7 @@ from fashion_cnn.study.power import (
     fdr_line,
     outlook,
     outlook_table,
+    outlooks,
     seeds_for_effect,
 )
 from fashion_cnn.study.spec import DEFAULT_MARGIN, load_study
@@ -108,6 +109,26 @@ def test_the_seeds_needed_grow_as_the_observed_difference_shrinks() -> None:
         needed.append(outlook(claim, {"a": A, "b": b}, LOSS, max_seeds=50).seeds_needed)
     assert needed[0] is not None and needed[1] is not None
     assert needed[0] < needed[1] and (needed[2] is None or needed[1] < needed[2])
+
+
+def test_an_adaptive_claim_is_described_on_the_seeds_of_its_look(tmp_path: Path) -> None:
+    # Decided at 3 seeds; later blocks gave both variants 5 for another claim. The outlook (and so
+    # "decided at", the interval and the figure) uses the first 3, as the verdict did.
+    study = load_study(_study_file(tmp_path, "expected: [a beats b on test/loss]\n"))
+    samples = {"test/loss": {"a": A, "b": B}, "test/acc": {"a": A, "b": B}}
+    (ev,) = [evaluate_claim(c, {v: x[:3] for v, x in samples[c.metric].items()}, LOSS) for c in study.claims]
+    (at_look,), _ = outlooks(study, samples, [ev], seeds=[3])
+    (on_all,), _ = outlooks(study, samples, [ev])
+    assert (at_look.seeds, on_all.seeds) == (3, 5)
+    assert at_look.detectable > on_all.detectable  # fewer seeds detect less
+    assert outlook_table([ev], [at_look], [ev.p_value])[2].split(" | ")[6] == "decided at 3"
+
+
+def test_with_no_supported_verdict_the_false_discovery_line_says_there_is_none_to_withdraw() -> None:
+    ev = evaluate_claim(_claim("b beats a on test/loss"), {"a": A, "b": B}, LOSS)
+    assert ev.verdict == "not supported"
+    line = fdr_line([ev], fdr_adjusted([ev.p_value]))
+    assert line.startswith("None of the 1 tested claims is supported") and "no verdict to withdraw" in line
 
 
 def _study_file(tmp_path: Path, extra: str) -> Path:

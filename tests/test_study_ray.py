@@ -7,6 +7,7 @@ the real Fashion-MNIST files with a tiny budget (a 2-layer net, 3 training batch
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -115,6 +116,8 @@ def _per_run(store: Path) -> dict[tuple[str, str], dict[str, float]]:
 
 
 def test_ray_and_serial_give_identical_runs(work: Path, head: str, capsys: pytest.CaptureFixture) -> None:
+    """The same adaptive study (2 seeds, then a block to 3) on both executors: the same runs, the
+    same seeds added, the same verdicts at the same looks."""
     serial, parallel = work / "serial", work / "ray"
     for folder, extra in (
         (serial, []),
@@ -122,12 +125,20 @@ def test_ray_and_serial_give_identical_runs(work: Path, head: str, capsys: pytes
     ):
         folder.mkdir()
         os.chdir(folder)
-        code = main(["study", str(work / "ray.yaml"), *TINY, "--run_cpus", "1", *extra])
+        code = main(["study", str(work / "ray.yaml"), *TINY, "--run_cpus", "1", "--max_seeds", "3", *extra])
         assert code == 0, capsys.readouterr().err
     err = capsys.readouterr().err
     assert "2 running" in err  # two at once on Ray
-    assert len(_per_run(serial / "mlflow.db")) == 4
+    results = [json.loads((f / "studies" / "ray" / "results.json").read_text()) for f in (serial, parallel)]
+    seeds = results[0]["seeds_per_variant"]
+    assert len(_per_run(serial / "mlflow.db")) == sum(map(len, seeds.values())) >= 4
     assert _per_run(serial / "mlflow.db") == _per_run(parallel / "mlflow.db")
+    assert results[1]["seeds_per_variant"] == seeds
+    assert results[0]["adaptive"]["looks"] == [2, 3]
+    assert results[1]["adaptive"] == results[0]["adaptive"]
+    judged = ("verdict", "p", "difference", "ci", "seeds_needed")  # as JSON text: NaN == NaN there
+    verdicts = [json.dumps([{k: c.get(k) for k in judged} for c in r["claims"]]) for r in results]
+    assert verdicts[1] == verdicts[0]
     report = (parallel / "studies" / "ray" / "report.md").read_text()
     assert "four beats two on test/acc" in report
     for folder, executor in ((serial, "serial"), (parallel, "ray")):  # each run says what trained it

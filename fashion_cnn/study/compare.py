@@ -44,7 +44,7 @@ def load_comparison(path: str | Path) -> dict[str, Any]:
             f"--compare_with {path}: {source} was written by a newer fashion-cnn (format "
             f"{data['version']}, this one reads {VERSION}); upgrade fashion-cnn"
         )
-    data["source"] = str(source)
+    data["source"], data["given"] = str(source), str(given)
     return data
 
 

@@ -258,19 +258,26 @@ def outlooks(
     evaluations: Sequence[Evaluation],
     max_seeds: int | None = None,
     alpha: float = ALPHA,
+    seeds: Sequence[int | None] | None = None,
 ) -> tuple[list[Outlook | None], list[float]]:
-    """Each claim's outlook (``None``: not testable) and its Benjamini–Hochberg adjusted p-value."""
+    """Each claim's outlook (``None``: not testable) and its Benjamini–Hochberg adjusted p-value.
+
+    ``seeds``: per claim, judge it on each variant's first n seeds (None: all), as an adaptive
+    study's verdict was made at a look while later blocks added seeds for other claims.
+    """
     margins = study.margins or {}
     looks = [
         outlook(
             ev.claim,
-            samples[ev.claim.metric],
+            {v: list(values[:n]) for v, values in samples[ev.claim.metric].items()}
+            if n is not None
+            else samples[ev.claim.metric],
             study.metric(ev.claim.metric),
             margins.get(ev.claim.metric, DEFAULT_MARGIN),
             alpha,
             max_seeds or DEFAULT_MAX_SEEDS,
         )
-        for ev in evaluations
+        for ev, n in zip(evaluations, seeds or [None] * len(evaluations), strict=True)
     ]
     return looks, fdr_adjusted([ev.p_value for ev in evaluations], alpha)
 
@@ -328,6 +335,11 @@ def outlook_table(
 def fdr_line(evaluations: Sequence[Evaluation], p_fdr: Sequence[float], alpha: float = ALPHA) -> str:
     """'Of the 9 supported verdicts, 7 survive a Benjamini–Hochberg correction across the 27 claims ...'"""
     summary = fdr_summary(evaluations, p_fdr, alpha)
+    if not summary["supported"]:
+        return (
+            f"None of the {summary['tested']} tested claims is supported, so a Benjamini–Hochberg "
+            f"correction (false-discovery rate {alpha:g}) has no verdict to withdraw."
+        )
     return (
         f"Of the {summary['supported']} supported verdict{'' if summary['supported'] == 1 else 's'}, "
         f"{summary['surviving']} survive{'s' if summary['surviving'] == 1 else ''} a Benjamini–Hochberg "

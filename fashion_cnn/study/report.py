@@ -103,7 +103,9 @@ def collect_results(
     if schedule is not None:
         states = sequential_step(study.claims, samples, study.metrics, schedule).states
         evaluations = [s.evaluation or e for s, e in zip(states, evaluations, strict=True)]
-    looks, p_fdr = outlooks(study, samples, evaluations, max_seeds)
+    # An adaptive claim is judged, and so described, on the seeds of the look that settled it.
+    at_look = [st.seeds if st.look >= 0 else None for st in states] or None
+    looks, p_fdr = outlooks(study, samples, evaluations, max_seeds, seeds=at_look)
     mean_wall = {k: (sum(v) / len(v) if v else None) for k, v in wall.items()}
     return StudyResults(samples, curves, params, mean_wall, runs, evaluations, looks, p_fdr, states, schedule)
 
@@ -364,11 +366,13 @@ def adaptive_lines(plan: StudyPlan, results: StudyResults) -> list[str]:
         f"(docs/studies.md). Runs: {plan.total}, against {len(plan.variants) * schedule.max_seeds} for a "
         f"fixed design at {schedule.max_seeds} seeds.",
         "",
-        "| # | claim | state | decided at | level | seeds needed at the observed effect |",
+        "| # | claim | state | judged at | level | seeds needed at the observed effect |",
         "|---|---|---|---|---:|---|",
     ]
     for i, st in enumerate(results.sequential, 1):
         needed = str(st.seeds_needed) if st.seeds_needed is not None else f"more than {schedule.max_seeds}"
+        if st.state in ("supported", "not supported"):
+            needed = "– (decided)"
         where, level = (
             ("no look yet", "–") if st.look < 0 else (f"{st.seeds} seeds", f"{st.nominal_alpha:.2g}")
         )

@@ -253,12 +253,12 @@ def _extreme(
         f"(intersection-union; Bonferroni α/{k} for the opposite direction)"
     )
     if verdict == "supported":
-        tail = f"every one-sided test has p < {alpha:g} (largest {peq(p_max)}), so it is the {word}."
+        tail = f"every one-sided test has p < {alpha:.3g} (largest {peq(p_max)}), so it is the {word}."
     elif verdict == "not supported":
         loser = min(results, key=lambda r: results[r][2])
         tail = (
             f"{loser} is significantly {'better' if best else 'worse'} than {claim.a} "
-            f"(one-sided {peq(results[loser][2])} < {alpha:g}/{k}), so the claim fails."
+            f"(one-sided {peq(results[loser][2])} < {alpha:.3g}/{k}), so the claim fails."
         )
     else:
         tail = f"the weakest comparison has {peq(p_max)}; these seeds cannot tell whether it is the {word}."
