@@ -183,3 +183,24 @@ def test_with_a_true_difference_power_is_near_the_fixed_design_for_fewer_seeds()
     sim = simulate(Schedule.blocks(3, 12), effect=1.5, studies=800, seed=5)
     assert sim.supported > 0.9 and sim.supported >= sim.fixed_supported - 0.05
     assert sim.mean_seeds < 10  # the fixed design spends 12 per variant
+
+
+def test_the_committed_adaptive_journal_rebuilds_with_the_same_states() -> None:
+    """docs/journal_parts_2_4.json (Parts 2-4, 3 -> 5 -> 8 -> 10 seeds): judged again from its own
+    per-seed values, every claim reaches the state and look the document reports, and no claim
+    asks for more seeds."""
+    import json
+    from pathlib import Path
+
+    from fashion_cnn.study.spec import load_study
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "docs" / "journal_parts_2_4.json").read_text())
+    assert [s["study"] for s in data["studies"]] == ["dropout", "normalisation", "combined"]
+    for entry in data["studies"]:
+        study = load_study(f"studies/{entry['study']}")
+        schedule = Schedule(tuple(entry["adaptive"]["looks"]))
+        assert schedule.looks == (3, 5, 8, 10)
+        step = sequential_step(study.claims, entry["samples"], study.metrics, schedule)
+        reported = [(c["claim"], c["state"], c["seeds"]) for c in entry["adaptive"]["claims"]]
+        assert [(s.claim.text, s.state, s.seeds) for s in step.states] == reported
+        assert step.done
