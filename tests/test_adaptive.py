@@ -67,7 +67,9 @@ def test_only_the_variants_of_undecided_claims_get_more_seeds(tmp_path: Path) ->
         ("b", 3),
         ("b", 4),
     }
-    assert "more seeds for a (to 5), b (to 5)" in progress.lines[-1]
+    assert progress.lines[-1] == (
+        "[adaptive] at 3 seeds, claims: 1 supported, 1 undecided; more seeds for a (to 5), b (to 5)"
+    )
     assert not _grow(plan, schedule, progress)  # nothing new to judge until those seeds finish
 
 
@@ -78,7 +80,9 @@ def test_a_study_that_needs_no_more_seeds_says_so_once(tmp_path: Path) -> None:
     progress = Notes()
     assert not _grow(plan, schedule, progress)
     assert not _grow(plan, schedule, progress)  # the next round: already said
-    assert progress.lines == ["[adaptive] claims: 2 supported; no more seeds: each is decided or futile"]
+    assert progress.lines == [
+        "[adaptive] at 3 seeds, claims: 2 supported; no more seeds: each is decided or futile"
+    ]
     assert plan.seeds_of("a") == [0, 1, 2] and not plan.todo
     # With the maximum reached, an undecided claim stops too, and the line says why.
     plan = _plan(tmp_path)
@@ -89,7 +93,7 @@ def test_a_study_that_needs_no_more_seeds_says_so_once(tmp_path: Path) -> None:
     progress = Notes()
     assert not _grow(plan, schedule, progress)
     assert progress.lines == [
-        "[adaptive] claims: 1 supported, 1 undecided; no more seeds: the undecided ones reached the "
+        "[adaptive] at 5 seeds, claims: 1 supported, 1 undecided; no more seeds: the undecided ones reached the "
         "maximum of 5 seeds"
     ]
 

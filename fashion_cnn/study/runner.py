@@ -369,6 +369,8 @@ def _grow(plan: StudyPlan, schedule: Any, progress: Progress, until_missing: boo
         step = sequential_step(plan.study.claims, plan.samples(), plan.study.metrics, schedule)
         added = {v: plan.grow(v, n) for v, n in step.next_seeds.items() if n > len(plan.seeds_of(v))}
         counts = ", ".join(f"{n} {state}" for state, n in step.counts().items() if n)
+        judged = max((st.seeds for st in step.states if st.look >= 0), default=0)
+        head = f"[{plan.study.name}] " + (f"at {judged} seeds, " if judged else "") + f"claims: {counts}"
         if step.done and not plan.settled:
             plan.settled = True
             why = (
@@ -376,12 +378,12 @@ def _grow(plan: StudyPlan, schedule: Any, progress: Progress, until_missing: boo
                 if step.counts().get("undecided")
                 else "each is decided or futile"
             )
-            progress.note(f"[{plan.study.name}] claims: {counts}; no more seeds: {why}")
+            progress.note(f"{head}; no more seeds: {why}")
         if not added:
             return grew
         grew = True
         progress.note(
-            f"[{plan.study.name}] claims: {counts}; more seeds for "
+            f"{head}; more seeds for "
             + ", ".join(f"{v} (to {len(plan.seeds_of(v))})" for v in added)
         )
         if not until_missing or plan.todo:
