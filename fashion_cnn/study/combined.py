@@ -165,7 +165,8 @@ def write_combined_report(
 
 
 def _seeds_text(plans: Sequence[StudyPlan]) -> str:
-    """'3 seeds per variant', or with adaptive seeds '3 seeds per variant at first, 5–10 at the end'."""
+    """'3 seeds per variant', or with adaptive seeds '3 seeds per variant at first, 5–10 in the end
+    where claims needed more'."""
     start = sorted({len(p.seeds) for p in plans})
     end = sorted({len(p.seeds_of(vp.variant.name)) for p in plans for vp in p.variants})
     text = f"{' or '.join(map(str, start))} seeds per variant"

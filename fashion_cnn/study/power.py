@@ -252,6 +252,11 @@ def fdr_adjusted(p_values: Sequence[float], alpha: float = ALPHA) -> list[float]
     return adjusted
 
 
+def first_seeds(samples: Mapping[str, Sequence[float]], n: int) -> dict[str, list[float]]:
+    """Each variant's first ``n`` values: what an adaptive look at ``n`` seeds judges."""
+    return {v: list(values[:n]) for v, values in samples.items()}
+
+
 def outlooks(
     study: Study,
     samples: Mapping[str, Mapping[str, Sequence[float]]],
@@ -269,9 +274,7 @@ def outlooks(
     looks = [
         outlook(
             ev.claim,
-            {v: list(values[:n]) for v, values in samples[ev.claim.metric].items()}
-            if n is not None
-            else samples[ev.claim.metric],
+            first_seeds(samples[ev.claim.metric], n) if n is not None else samples[ev.claim.metric],
             study.metric(ev.claim.metric),
             margins.get(ev.claim.metric, DEFAULT_MARGIN),
             alpha,

@@ -368,14 +368,15 @@ def _grow(plan: StudyPlan, schedule: Any, progress: Progress, until_missing: boo
     while True:
         step = sequential_step(plan.study.claims, plan.samples(), plan.study.metrics, schedule)
         added = {v: plan.grow(v, n) for v, n in step.next_seeds.items() if n > len(plan.seeds_of(v))}
-        counts = ", ".join(f"{n} {state}" for state, n in step.counts().items() if n)
+        counts = step.counts()
         judged = max((st.seeds for st in step.states if st.look >= 0), default=0)
-        head = f"[{plan.study.name}] " + (f"at {judged} seeds, " if judged else "") + f"claims: {counts}"
+        head = f"[{plan.study.name}] " + (f"at {judged} seeds, " if judged else "") + "claims: "
+        head += ", ".join(f"{n} {state}" for state, n in counts.items() if n)
         if step.done and not plan.settled:
             plan.settled = True
             why = (
-                f"the undecided ones reached the maximum of {schedule.looks[-1]} seeds"
-                if step.counts().get("undecided")
+                f"the undecided ones reached the maximum of {schedule.max_seeds} seeds"
+                if counts["undecided"]
                 else "each is decided or futile"
             )
             progress.note(f"{head}; no more seeds: {why}")
@@ -383,8 +384,7 @@ def _grow(plan: StudyPlan, schedule: Any, progress: Progress, until_missing: boo
             return grew
         grew = True
         progress.note(
-            f"{head}; more seeds for "
-            + ", ".join(f"{v} (to {len(plan.seeds_of(v))})" for v in added)
+            f"{head}; more seeds for " + ", ".join(f"{v} (to {len(plan.seeds_of(v))})" for v in added)
         )
         if not until_missing or plan.todo:
             return grew

@@ -39,7 +39,7 @@ from scipy import special, stats
 
 from fashion_cnn.errors import StudyError
 from fashion_cnn.study.claims import Claim, Metric, parse_claim
-from fashion_cnn.study.power import POWER, decisive, detectable_effect, seeds_for_effect
+from fashion_cnn.study.power import POWER, decisive, detectable_effect, first_seeds, seeds_for_effect
 from fashion_cnn.study.verdicts import ALPHA, Evaluation, evaluate_claim
 
 Spending = Literal["obrien-fleming", "pocock", "none"]
@@ -227,7 +227,7 @@ def _claim_state(
         if have < n:
             break
         index = k
-        head = {v: list(values[:n]) for v, values in samples.items()}
+        head = first_seeds(samples, n)
         evaluation = evaluate_claim(claim, head, metric, levels[k])
         if evaluation.verdict != "inconclusive":
             state = evaluation.verdict
