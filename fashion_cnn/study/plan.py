@@ -230,7 +230,7 @@ TRAIN_IMAGES = 60_000
 def images_per_run(resolved: Mapping[str, Any]) -> tuple[Any, int, int, int]:
     """(epochs, training images seen, validation images per epoch, test images) of one run."""
     trainer, data = resolved.get("trainer") or {}, resolved.get("data") or {}
-    data = data.get("init_args") or {} if "class_path" in data else data  # or the flat old form
+    data = (data.get("init_args") or {}) if "class_path" in data else data  # or the flat old form
     batch, val = int(data.get("batch_size") or 64), int(data.get("val_size") or 0)
     eval_batch = int(data.get("eval_batch_size") or max(batch, 256))
 

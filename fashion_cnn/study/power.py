@@ -30,7 +30,17 @@ from statsmodels.stats.power import TTestIndPower, TTestPower
 from fashion_cnn.figures import ClaimInterval
 from fashion_cnn.study.claims import Claim, Metric
 from fashion_cnn.study.spec import DEFAULT_MARGIN, Study
-from fashion_cnn.study.verdicts import ALPHA, CI_LEVEL, Evaluation, fmt, fmt_p, mean_sd, welch
+from fashion_cnn.study.verdicts import (
+    ALPHA,
+    CI_LEVEL,
+    Evaluation,
+    finite,
+    fmt,
+    fmt_interval,
+    fmt_p,
+    mean_sd,
+    welch,
+)
 
 POWER = 0.8
 DEFAULT_MAX_SEEDS = 20  # the largest seed count a report considers when no maximum is given
@@ -61,22 +71,19 @@ class Decisive:
 def decisive(claim: Claim, samples: Mapping[str, Sequence[float]], metric: Metric) -> Decisive | None:
     """``None`` when a variant has fewer than two finite values (no t statistic)."""
 
-    def values(name: str) -> list[float]:
-        return [v for v in samples.get(name, []) if math.isfinite(v)]
-
-    a = values(claim.a)
+    a = finite(samples.get(claim.a, []))
     if len(a) < 2:
         return None
     if claim.kind == "between":
         assert claim.low is not None and claim.high is not None
         mean, sd = mean_sd(a)
         g = min(mean - claim.low, claim.high - mean)
-        rival = f"[{fmt(claim.low)}, {fmt(claim.high)}]"
+        rival = fmt_interval(claim.low, claim.high)
         return Decisive(g, sd / math.sqrt(len(a)), len(a) - 1.0, sd, len(a), 1.0, True, math.nan, rival)
     b: list[float] | float
     if claim.kind in ("best", "worst"):
         sign, margin = (metric.sign if claim.kind == "best" else -metric.sign), 0.0
-        rivals = {k: values(k) for k in samples if k != claim.a}
+        rivals = {k: finite(samples[k]) for k in samples if k != claim.a}
         if not rivals or min(len(v) for v in rivals.values()) < 2:
             return None
         rival = max(rivals, key=lambda r: sign * mean_sd(rivals[r])[0])  # the closest from the claimed side
@@ -84,7 +91,9 @@ def decisive(claim: Claim, samples: Mapping[str, Sequence[float]], metric: Metri
     else:
         sign, margin = metric.sign, claim.margin
         b, rival = (
-            (claim.b, fmt(claim.b)) if isinstance(claim.b, float) else (values(str(claim.b)), str(claim.b))
+            (claim.b, fmt(claim.b))
+            if isinstance(claim.b, float)
+            else (finite(samples.get(str(claim.b), [])), str(claim.b))
         )
         if not isinstance(b, float) and len(b) < 2:
             return None
@@ -243,11 +252,11 @@ def fdr_adjusted(p_values: Sequence[float], alpha: float = ALPHA) -> list[float]
     """Benjamini–Hochberg adjusted p-values (statsmodels ``multipletests``); nan stays nan."""
     from statsmodels.stats.multitest import multipletests
 
-    finite = [i for i, p in enumerate(p_values) if math.isfinite(p)]
+    tested = [i for i, p in enumerate(p_values) if math.isfinite(p)]
     adjusted = [math.nan] * len(p_values)
-    if finite:
-        _, corrected, _, _ = multipletests([p_values[i] for i in finite], alpha=alpha, method="fdr_bh")
-        for i, value in zip(finite, corrected, strict=True):
+    if tested:
+        _, corrected, _, _ = multipletests([p_values[i] for i in tested], alpha=alpha, method="fdr_bh")
+        for i, value in zip(tested, corrected, strict=True):
             adjusted[i] = float(value)
     return adjusted
 
@@ -329,8 +338,8 @@ def outlook_table(
         )
         needed = f"decided at {o.seeds}" if ev.verdict != "inconclusive" else o.needed_text
         lines.append(
-            f"{start} {fmt_p(p_bh)} | {fmt(o.g, sign=True)} [{fmt(o.g_ci[0], sign=True)}, "
-            f"{fmt(o.g_ci[1], sign=True)}] | ±{fmt(o.detectable)} (n = {o.seeds}) | {needed} | {bounded} |"
+            f"{start} {fmt_p(p_bh)} | {fmt(o.g, sign=True)} {fmt_interval(*o.g_ci, sign=True)} | "
+            f"±{fmt(o.detectable)} (n = {o.seeds}) | {needed} | {bounded} |"
         )
     return lines
 

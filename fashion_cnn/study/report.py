@@ -32,7 +32,15 @@ from fashion_cnn.study.power import (
     outlooks,
 )
 from fashion_cnn.study.sequential import ClaimState, Schedule, sequential_step
-from fashion_cnn.study.verdicts import Evaluation, evaluate_claim, fmt, fmt_p, mean_ci, rule_lines
+from fashion_cnn.study.verdicts import (
+    Evaluation,
+    evaluate_claim,
+    fmt,
+    fmt_interval,
+    fmt_p,
+    mean_ci,
+    rule_lines,
+)
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +300,7 @@ def claim_lines(plan: StudyPlan, evaluations: Sequence[Evaluation]) -> list[str]
     for i, ev in enumerate(evaluations, 1):
         c = ev.claim
         sign = c.kind != "between"
-        diff = f"{fmt(ev.difference, sign)} [{fmt(ev.ci[0], sign)}, {fmt(ev.ci[1], sign)}]"
+        diff = f"{fmt(ev.difference, sign)} {fmt_interval(*ev.ci, sign)}"
         if c.kind == "between":
             diff = f"mean {diff}"
         elif ev.compared_with and c.kind in ("best", "worst"):

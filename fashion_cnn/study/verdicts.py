@@ -151,14 +151,14 @@ def evaluate_claim(
 ) -> Evaluation:
     """Judge ``claim`` on per-variant samples (one value per seed) of ``metric`` by :func:`rule_lines`;
     p is the p-value of the claimed direction."""
-    a = _finite(samples.get(claim.a, []))
+    a = finite(samples.get(claim.a, []))
     if claim.kind == "between":
         return _between(claim, a, metric.name, alpha)
     if claim.kind in ("best", "worst"):
         return _extreme(claim, samples, metric, alpha)
     one_sample = isinstance(claim.b, float)
     b: Sequence[float] | float = (
-        claim.b if isinstance(claim.b, float) else _finite(samples.get(str(claim.b), []))
+        claim.b if isinstance(claim.b, float) else finite(samples.get(str(claim.b), []))
     )
     b_label = fmt(claim.b) if isinstance(claim.b, float) else str(claim.b)
     if isinstance(b, float) or len(a) == len(b):
@@ -169,12 +169,10 @@ def evaluate_claim(
         return _too_few(claim, n_text)
     diff = welch(a, b)
     lo, hi = diff.ci(CI_LEVEL)
-    ci_text = f"[{fmt(lo, sign=True)}, {fmt(hi, sign=True)}]"
+    ci_text = fmt_interval(lo, hi, sign=True)
     d, s = claim.margin, metric.sign
     if claim.kind == "within":
-        p = max(diff.p_greater(-d), diff.p_less(d))
-        p_out = min(diff.p_greater(d), diff.p_less(-d))
-        verdict = _decide(p, p_out, alpha)
+        verdict, p, p_out = _inside(diff, -d, d, alpha)
         kind = "one-sample t-tests" if one_sample else "Welch t-tests"
         test = f"TOST equivalence (two one-sided {kind}, margin ±{fmt(d)})"
         tail = {
@@ -223,8 +221,8 @@ def _extreme(
     claim: Claim, samples: Mapping[str, Sequence[float]], metric: Metric, alpha: float
 ) -> Evaluation:
     best = claim.kind == "best"
-    a = _finite(samples.get(claim.a, []))
-    rivals = {k: _finite(vs) for k, vs in samples.items() if k != claim.a}
+    a = finite(samples.get(claim.a, []))
+    rivals = {k: finite(vs) for k, vs in samples.items() if k != claim.a}
     counts = [len(a)] + [len(v) for v in rivals.values()]
     spread = "" if min(counts) == max(counts) else f"-{max(counts)}"
     n_text = f"n = {min(counts)}{spread} seeds per variant"
@@ -265,7 +263,7 @@ def _extreme(
     sentence = (
         f"{claim.a} ranks {rank} of {k + 1} on mean {metric.name} ({fmt(diff.mean_a)}); against "
         f"{closest} ({fmt(diff.mean_b)}) the difference is {fmt(diff.diff, sign=True)}, 95 % CI "
-        f"[{fmt(lo, sign=True)}, {fmt(hi, sign=True)}] ({n_text}); {tail}"
+        f"{fmt_interval(lo, hi, sign=True)} ({n_text}); {tail}"
     )
     return Evaluation(claim, verdict, test, p_max, diff.diff, (lo, hi), diff.cohen_d, sentence, closest)
 
@@ -275,25 +273,31 @@ def _between(claim: Claim, a: Sequence[float], name: str, alpha: float) -> Evalu
     n_text = f"n = {len(a)} seeds"
     if len(a) < 2:
         return _too_few(claim, n_text)
-    low, high = welch(a, claim.low), welch(a, claim.high)
-    p = max(low.p_greater(), high.p_less())
-    p_out = min(low.p_less(), high.p_greater())
-    verdict = _decide(p, p_out, alpha)
+    verdict, p, p_out = _inside(welch(a, 0.0), claim.low, claim.high, alpha)
     ci = mean_ci(a, CI_LEVEL)
-    bounds = f"[{fmt(claim.low)}, {fmt(claim.high)}]"
+    bounds = fmt_interval(claim.low, claim.high)
     tail = {
         "supported": f"both bounds are cleared significantly ({peq(p)}), so it lies in {bounds}.",
         "not supported": f"it lies significantly outside {bounds} ({peq(p_out)}).",
         "inconclusive": f"these seeds cannot tell whether it lies in {bounds} ({peq(p)}).",
     }[verdict]
-    numbers = f"{fmt(ci.mean)} (95 % CI [{fmt(ci.low)}, {fmt(ci.high)}], {n_text})"
+    numbers = f"{fmt(ci.mean)} (95 % CI {fmt_interval(ci.low, ci.high)}, {n_text})"
     sentence = f"{claim.a}'s mean {name} is {numbers}; {tail}"
     test = "two one-sided one-sample t-tests against the bounds"
     return Evaluation(claim, verdict, test, p, ci.mean, (ci.low, ci.high), math.nan, sentence, bounds)
 
 
-def _finite(values: Sequence[float]) -> list[float]:
+def finite(values: Sequence[float]) -> list[float]:
+    """The values a test can use: NaN and ±inf (a diverged run) left out."""
     return [v for v in values if math.isfinite(v)]
+
+
+def _inside(diff: Difference, low: float, high: float, alpha: float) -> tuple[Verdict, float, float]:
+    """Two one-sided tests (TOST) that ``diff`` lies inside (low, high): the verdict, the p-value of
+    "inside" (the larger one-sided p) and of "outside" (the smaller one beyond a bound)."""
+    p_in = max(diff.p_greater(low), diff.p_less(high))
+    p_out = min(diff.p_less(low), diff.p_greater(high))
+    return _decide(p_in, p_out, alpha), p_in, p_out
 
 
 def _decide(p_claim: float, p_against: float, alpha: float) -> Verdict:
@@ -314,6 +318,11 @@ def fmt(value: float | None, sign: bool = False) -> str:
     if value is None or not math.isfinite(value):
         return "–" if value is None or math.isnan(value) else ("+∞" if value > 0 else "−∞")
     return (f"{value:+.4f}" if sign else f"{value:.4f}").replace("-", "−")
+
+
+def fmt_interval(low: float | None, high: float | None, sign: bool = False) -> str:
+    """'[−0.0120, +0.0034]' (with ``sign``), as :func:`fmt` writes each end."""
+    return f"[{fmt(low, sign)}, {fmt(high, sign)}]"
 
 
 def fmt_p(p: float) -> str:
